@@ -1,0 +1,72 @@
+"""``quantize_``: swap matching ``nn.Linear`` weights for ternary ones, in place (torchao style)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .config import TernaryConfig, ternarize_linear
+from .errors import TernaryConfigError
+from .quant_math import check_weight
+from .report import QuantizationReport, model_nbytes
+from .tensor import TernaryTensor
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def select_linears(model: nn.Module, config: TernaryConfig, filter_fn: FilterFn | None = None) -> tuple[list[str], list[str]]:
+    """Names of the linears ``config`` (and ``filter_fn``) would ternarize, and of the dense ones left.
+
+    Linears that are already ternary are in neither list.
+    """
+    preset = config.resolved_preset(model)
+    chosen, kept = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or isinstance(module.weight, TernaryTensor):
+            continue
+        take = config.selects(name, module, preset) and (filter_fn is None or filter_fn(module, name))
+        (chosen if take else kept).append(name)
+    return chosen, kept
+
+
+def quantize_(model: nn.Module, config: TernaryConfig | None = None, filter_fn: FilterFn | None = None) -> QuantizationReport:
+    """Ternarize the linears of ``model`` in place.
+
+    Every selected ``nn.Linear`` gets its ``weight`` replaced by a :class:`~torch_ternary.TernaryTensor`
+    parameter (bias and all other modules untouched). All selected weights are checked first
+    (2-D, floating, finite), so a bad weight raises :class:`~torch_ternary.errors.InvalidWeightError`
+    before anything in the model changes.
+
+    Args:
+        model: any module; a diffusers ``FluxTransformer2DModel`` gets the FLUX preset under the
+            default config. Weights may be on CPU, CUDA or meta.
+        config: a :class:`TernaryConfig` (default ``TernaryConfig()``).
+        filter_fn: optional ``(module, name) -> bool``; a linear is ternarized only if it returns True.
+
+    Returns:
+        A :class:`~torch_ternary.report.QuantizationReport`.
+    """
+    config = TernaryConfig() if config is None else config
+    if not isinstance(config, TernaryConfig):
+        raise TernaryConfigError(f"config must be a TernaryConfig, got {type(config).__name__}")
+    chosen, kept = select_linears(model, config, filter_fn)
+    modules = dict(model.named_modules())
+    for name in chosen:
+        check_weight(modules[name].weight, f"{name}.weight")
+
+    report = QuantizationReport(layers_converted=chosen, layers_kept=kept, bytes_before=model_nbytes(model))
+    converted: dict[int, nn.Parameter] = {}  # weights shared by several chosen linears stay shared
+    for name in chosen:
+        module = modules[name]
+        key = id(module.weight)
+        if key in converted:
+            module.weight = converted[key]
+            continue
+        report.params_quantized += module.weight.numel()
+        ternarize_linear(module, config)
+        converted[key] = module.weight
+    report.params_total = sum(p.numel() for p in model.parameters())
+    report.bytes_after = model_nbytes(model)
+    model._torch_ternary_config = config
+    return report
