@@ -22,8 +22,13 @@ from .quantize import quantize_
 from .report import QuantizationReport
 from .serialization import load_quantized, save_quantized
 from .tensor import TernaryTensor
+from .kernels import register as _register_kernels; _register_kernels()  # noqa: E702  (CUDA kernels; no-op on CPU)
 
 __version__ = "0.1.0"
+
+from .integrations import install as _install_integrations  # noqa: E402  (diffusers quantizer; imports nothing heavy)
+
+_install_integrations()
 
 __all__ = [
     "ArchitectureMismatchError",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import TernaryConfigError
+from .ops_a8 import ACTIVATION_MODES, per_group_refusal
 from .quant_math import GRANULARITIES, resolve_group_size
 from .tensor import TernaryTensor
 
@@ -50,6 +51,10 @@ class TernaryConfig:
         exclude: glob patterns of linears to keep dense.
         min_numel: linears with fewer weight entries stay dense.
         min_in_features: linears with fewer inputs ``K`` stay dense.
+        activations: ``"16bit"`` (default: activations stay in the model's dtype), ``"int8"`` or
+            ``"fp8"``: large linears quantize activations per token to 8 bits and run on int8 / fp8
+            tensor cores (``torch_ternary.ops_a8``). 8-bit modes need ``per_channel`` or
+            ``per_tensor`` granularity.
     """
 
     granularity: str = "per_channel"
@@ -59,6 +64,7 @@ class TernaryConfig:
     exclude: tuple[str, ...] = ()
     min_numel: int = 0
     min_in_features: int = 1
+    activations: str = "16bit"
 
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
@@ -80,6 +86,10 @@ class TernaryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise TernaryConfigError(f"{name} must be a non-negative int, got {value!r}")
+        if self.activations not in ACTIVATION_MODES:
+            raise TernaryConfigError(f"activations must be one of {ACTIVATION_MODES}, got {self.activations!r}")
+        if self.activations != "16bit" and self.granularity == "per_group":
+            raise TernaryConfigError(per_group_refusal(f"granularity='per_group', group_size={self.group_size}"))
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict:
@@ -135,9 +145,10 @@ def ternarize_linear(module: nn.Linear, config: TernaryConfig) -> None:
 
     Args:
         module: an ``nn.Linear`` whose weight is a finite floating ``[N, K]`` tensor (or on meta).
-        config: granularity and group size to use.
+        config: granularity, group size and activation mode to use.
     """
     weight = module.weight
-    tt = TernaryTensor.from_float(weight.detach(), config.granularity, config.group_size)
+    tt = TernaryTensor.from_float(weight.detach(), config.granularity, config.group_size,
+                                  activations=config.activations)
     module.weight = nn.Parameter(tt, requires_grad=False)
 

@@ -13,9 +13,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
 from . import ops as _ops  # noqa: F401  (registers torch.ops.torch_ternary.*)
+from . import ops_a8 as _ops_a8  # registers torch.ops.torch_ternary.linear_a8
 from . import packing
 from .errors import TernaryFormatError, UnsupportedDeviceError, UnsupportedOperationError
 from .quant_math import absmean_scale, check_weight, num_groups, resolve_group_size, ternary_codes
@@ -46,20 +48,39 @@ class TernaryTensor(torch.Tensor):
       ``[N, ceil(K/G)]`` (per group of ``G`` inputs).
 
     Metadata: logical ``shape`` ``(N, K)``, logical ``dtype`` (what ``dequantize()`` returns
-    and what the module reports), and ``group_size`` ``G`` (``K`` unless per group).
+    and what the module reports), ``group_size`` ``G`` (``K`` unless per group), and
+    ``activations``: ``"16bit"`` (default), ``"int8"`` or ``"fp8"``, how ``F.linear`` treats the
+    activations (8-bit: per-token quantized, ``torch_ternary::linear_a8``; see :mod:`torch_ternary.ops_a8`).
     """
 
     packed: torch.Tensor
     scale: torch.Tensor
     group_size: int
+    activations: str = "16bit"  # class default: instances built by older code paths read as 16-bit
 
     @staticmethod
-    def __new__(cls, packed: torch.Tensor, scale: torch.Tensor, shape, dtype: torch.dtype, group_size: int):
+    def __new__(cls, packed: torch.Tensor, scale: torch.Tensor | None = None, shape=None, dtype: torch.dtype | None = None,
+                group_size: int | None = None, requires_grad: bool = False, activations: str = "16bit"):
+        if scale is None and isinstance(packed, TernaryTensor):
+            # ``type(param)(param, requires_grad=...)``: how accelerate's offload hooks (and other code that
+            # rebuilds parameters by class) re-wrap a parameter; ``nn.Parameter`` of a tensor subclass is the
+            # subclass itself, so this must give back a parameter sharing the same packed data and scales.
+            return nn.Parameter(packed.detach(), requires_grad=requires_grad)
         return torch.Tensor._make_wrapper_subclass(
             cls, tuple(shape), dtype=dtype, device=packed.device, requires_grad=False
         )
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, shape, dtype: torch.dtype, group_size: int):
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor | None = None, shape=None,
+                 dtype: torch.dtype | None = None, group_size: int | None = None, requires_grad: bool = False,
+                 activations: str = "16bit"):
+        """Args: ``packed`` uint8 ``[N, ceil(K/16)*4]``; ``scale`` float32 ``[1 or N, S_k]``; ``shape`` ``(N, K)``;
+        ``dtype`` the logical dtype; ``group_size`` ``G``; ``activations`` ``"16bit"`` / ``"int8"`` / ``"fp8"``
+        (8-bit modes need ``S_k == 1``). ``TernaryTensor(ternary_param, requires_grad=False)``
+        (``scale`` omitted) returns a parameter aliasing ``ternary_param``."""
+        if scale is None and isinstance(packed, TernaryTensor):
+            return
+        if scale is None or shape is None or dtype is None or group_size is None:
+            raise TernaryFormatError("TernaryTensor(packed, scale, shape, dtype, group_size) needs all five arguments")
         n, k = shape
         packing.check_packed(packed, k)
         if packed.shape[0] != n:
@@ -72,9 +93,13 @@ class TernaryTensor(torch.Tensor):
                 f"scale must be float32 [1 or {n}, {groups}] for shape {tuple(shape)} and group_size "
                 f"{group_size}, got {scale.dtype} {tuple(scale.shape)}"
             )
+        _ops_a8.check_activation_mode(activations)
+        if activations != "16bit" and groups > 1:
+            raise UnsupportedOperationError(_ops_a8.per_group_refusal(f"{groups} groups of {group_size}"))
         self.packed = packed
         self.scale = scale
         self.group_size = int(group_size)
+        self.activations = activations
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -84,6 +109,7 @@ class TernaryTensor(torch.Tensor):
         granularity: str = "per_channel",
         group_size: int = 128,
         dtype: torch.dtype | None = None,
+        activations: str = "16bit",
     ) -> "TernaryTensor":
         """Quantize a dense weight with absmean ternarization (see :mod:`torch_ternary.quant_math`).
 
@@ -95,7 +121,9 @@ class TernaryTensor(torch.Tensor):
             granularity: ``per_tensor``, ``per_channel`` or ``per_group``.
             group_size: ``G`` for ``per_group`` (multiple of 16; clipped to ``K``).
             dtype: logical dtype of the result (default: ``weight.dtype``).
+            activations: ``"16bit"``, ``"int8"`` or ``"fp8"`` (see :mod:`torch_ternary.ops_a8`).
         """
+        _ops_a8.check_activation_mode(activations)
         check_weight(weight)
         check_device(weight.device)
         n, k = weight.shape
@@ -105,7 +133,7 @@ class TernaryTensor(torch.Tensor):
         if weight.device.type == "meta":
             packed = torch.empty(packing.packed_shape(n, k), dtype=torch.uint8, device="meta")
             scale = torch.empty((s_rows, num_groups(k, g)), dtype=torch.float32, device="meta")
-            return cls(packed, scale, (n, k), dtype, g)
+            return cls(packed, scale, (n, k), dtype, g, activations=activations)
         with torch.no_grad():
             tensor_scale = absmean_scale(weight, "per_tensor") if granularity == "per_tensor" else None
             packed = torch.empty(packing.packed_shape(n, k), dtype=torch.uint8, device=weight.device)
@@ -116,10 +144,11 @@ class TernaryTensor(torch.Tensor):
                 packed[n0:n1] = packing.pack_codes(ternary_codes(rows, s, g))
                 scales.append(s)
             scale = tensor_scale if tensor_scale is not None else torch.cat(scales, dim=0)
-        return cls(packed, scale.contiguous(), (n, k), dtype, g)
+        return cls(packed, scale.contiguous(), (n, k), dtype, g, activations=activations)
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, group_size: int, dtype: torch.dtype) -> "TernaryTensor":
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, group_size: int, dtype: torch.dtype,
+                   activations: str = "16bit") -> "TernaryTensor":
         """Build from explicit codes.
 
         Args:
@@ -127,12 +156,14 @@ class TernaryTensor(torch.Tensor):
             scale: float32 ``[1 or N, ceil(K/G)]``.
             group_size: ``G``.
             dtype: logical dtype.
+            activations: ``"16bit"``, ``"int8"`` or ``"fp8"``.
         """
         if codes.dim() != 2 or codes.dtype.is_floating_point:
             raise TernaryFormatError(f"codes must be an integer [N, K] tensor, got {codes.dtype} {tuple(codes.shape)}")
         if bool(((codes < -1) | (codes > 1)).any()):
             raise TernaryFormatError("codes must lie in {-1, 0, 1}")
-        return cls(packing.pack_codes(codes), scale.float().contiguous(), tuple(codes.shape), dtype, group_size)
+        return cls(packing.pack_codes(codes), scale.float().contiguous(), tuple(codes.shape), dtype, group_size,
+                   activations=activations)
 
     # ------------------------------------------------------------------ views of the data
     @property
@@ -166,27 +197,29 @@ class TernaryTensor(torch.Tensor):
     def __repr__(self, *, tensor_contents=None) -> str:  # noqa: D105
         return (
             f"TernaryTensor(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, "
-            f"granularity={self.granularity}, group_size={self.group_size}, "
+            f"granularity={self.granularity}, group_size={self.group_size}, activations={self.activations}, "
             f"packed=uint8{tuple(self.packed.shape)}, scale=float32{tuple(self.scale.shape)})"
         )
 
     # ------------------------------------------------------------------ torch.compile
     def __tensor_flatten__(self):
-        return ["packed", "scale"], (tuple(self.shape), self.dtype, self.group_size)
+        return ["packed", "scale"], (tuple(self.shape), self.dtype, self.group_size, self.activations)
 
     @classmethod
     def __tensor_unflatten__(cls, inner_tensors, meta, outer_size, outer_stride):
-        shape, dtype, group_size = meta
-        return cls(inner_tensors["packed"], inner_tensors["scale"], shape, dtype, group_size)
+        shape, dtype, group_size, *rest = meta  # 3-tuples predate the activation mode
+        return cls(inner_tensors["packed"], inner_tensors["scale"], shape, dtype, group_size,
+                   activations=rest[0] if rest else "16bit")
 
     def _stable_hash_for_caching(self) -> str:
         """Compile-cache key: the layout (shapes, dtypes, group size, device type), not the values."""
         key = (tuple(self.shape), str(self.dtype), self.group_size, tuple(self.packed.shape),
-               tuple(self.scale.shape), self.device.type)
+               tuple(self.scale.shape), self.device.type, self.activations)
         return hashlib.sha256(repr(key).encode()).hexdigest()
 
     def _with(self, packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> "TernaryTensor":
-        return TernaryTensor(packed, scale, tuple(self.shape), dtype or self.dtype, self.group_size)
+        return TernaryTensor(packed, scale, tuple(self.shape), dtype or self.dtype, self.group_size,
+                             activations=self.activations)
 
     # ------------------------------------------------------------------ dispatch
     @classmethod
@@ -203,6 +236,12 @@ class TernaryTensor(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         handler = _DISPATCH.get(func)
+        if handler is None and func._schema.is_mutable:
+            raise UnsupportedOperationError(
+                f"a TernaryTensor holds fixed ternary codes and cannot be modified in place ({func}). This is what "
+                "fuse_lora / merging an adapter into a ternary weight would need: keep the LoRA unfused (it runs as a "
+                "side path over the ternary weight), or dequantize the model first (.dequantize())"
+            )
         if handler is None:
             raise UnsupportedOperationError(
                 f"TernaryTensor does not implement {func}; call .dequantize() for a dense tensor first"
@@ -219,6 +258,9 @@ def _ternary_linear(input: torch.Tensor, weight: TernaryTensor, bias: torch.Tens
         x = x.to(torch.get_autocast_dtype(x.device.type))
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
+    if _ops_a8.uses_a8(weight.activations, x, weight.shape[1]):  # 8-bit activations, >= A8_MIN_ROWS rows
+        return torch.ops.torch_ternary.linear_a8(x, weight.packed, weight.scale, bias, weight.shape[1],
+                                                 weight.group_size, weight.activations)
     return torch.ops.torch_ternary.linear(x, weight.packed, weight.scale, bias, weight.shape[1], weight.group_size)
 
 
@@ -295,7 +337,7 @@ def _equal(func, args, kwargs):
     if not (isinstance(a, TernaryTensor) and isinstance(b, TernaryTensor)):
         return False
     return (
-        a.shape == b.shape and a.group_size == b.group_size and a.dtype == b.dtype
+        a.shape == b.shape and a.group_size == b.group_size and a.dtype == b.dtype and a.activations == b.activations
         and a.scale.shape == b.scale.shape and torch.equal(a.packed, b.packed) and torch.equal(a.scale, b.scale)
     )
 
