@@ -1,0 +1,281 @@
+"""Train Mini FLUX from scratch with rectified flow, as FLUX is trained. Seeded and resumable.
+
+    python -m torch_ternary.mini.train --out runs/mini --steps 15000     # ~2 h on 2 CPU cores
+
+Every step renders a fresh batch of the procedural world (``torch_ternary.mini.world``) with
+captions from the grammar (evaluation prompts held out), encodes the captions with the tiny
+CLIP and T5 encoders (trained jointly), and regresses the transformer's velocity onto
+``noise - x0`` at ``x_t = (1 - t) x0 + t noise``, ``t = sigmoid(N(0, 1))``. Captions are dropped
+to the empty prompt 10 % of the time so that classifier-free guidance works at sampling time.
+Forward passes run under bf16 autocast (weights, optimizer and loss stay float32). An EMA of the
+weights is what gets saved. Checkpoints (safetensors + JSON, nothing pickled) every few minutes
+make the run resumable with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+from safetensors.torch import load_file, save_file
+
+from ..serialization import atomic_write
+from .model import TRANSFORMER_CONFIG, PixelSpaceVAE
+from .pipeline import META_FILE, WEIGHTS_FILE, build_pipeline
+from .text import MAX_TOKENS, build_clip, build_t5, build_tokenizer
+
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+
+class Trainer:
+    """Holds the three trainable models, their EMA, the optimizer and the data stream."""
+
+    def __init__(self, args: argparse.Namespace):
+        from . import world  # the procedural world (render_batch)
+
+        self.args = args
+        self.world = world
+        torch.manual_seed(args.seed)
+        self.rng = np.random.default_rng(args.seed)
+        self.models = torch.nn.ModuleDict(dict(
+            transformer=FluxTransformer2DModel(**TRANSFORMER_CONFIG), text_encoder=build_clip(), text_encoder_2=build_t5()
+        )).train()
+        self.ema = {k: v.detach().clone() for k, v in self.models.state_dict().items()}
+        decay, no_decay = [], []
+        for name, p in self.models.named_parameters():
+            (no_decay if p.dim() < 2 or "norm" in name or "embed" in name else decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
+        self.tok_clip, self.tok_t5 = build_tokenizer(with_bos=True), build_tokenizer(with_bos=False)
+        self.step = 0
+        self.seconds = 0.0
+        self.vae_shift, self.vae_scaling = self._latent_statistics()
+        self.vae = PixelSpaceVAE(scaling_factor=self.vae_scaling, shift_factor=self.vae_shift)
+        self.img_ids = FluxPipeline._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32)
+        self.txt_ids = torch.zeros(MAX_TOKENS, 3)
+
+    def _latent_statistics(self) -> tuple[float, float]:
+        """Shift and scale that give the pixel latents zero mean and unit variance (fixed data, seed 1234)."""
+        images, _ = self.world.render_batch(2048, np.random.default_rng(1234))
+        x = torch.from_numpy(images).float() / 127.5 - 1
+        return float(x.mean()), float(1.0 / x.std())
+
+    # ------------------------------------------------------------------ one step
+    def batch(self) -> tuple[torch.Tensor, list[str]]:
+        images, captions = self.world.render_batch(self.args.batch, self.rng)
+        drop = self.rng.random(len(captions)) < self.args.caption_dropout
+        captions = ["" if d else c for d, c in zip(drop, captions)]
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32] in [-1, 1]
+        return x, captions
+
+    def encode_text(self, captions: list[str], models) -> tuple[torch.Tensor, torch.Tensor]:
+        kw = dict(padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+        pooled = models["text_encoder"](self.tok_clip(captions, **kw).input_ids).pooler_output
+        seq = models["text_encoder_2"](self.tok_t5(captions, **kw).input_ids)[0]
+        return pooled, seq
+
+    def loss(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        b = x.shape[0]
+        latents = FluxPipeline._pack_latents(self.vae.encode(x), b, 12, 16, 16)  # [B, 64, 48]
+        t = torch.sigmoid(torch.randn(b))
+        noise = torch.randn_like(latents)
+        x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
+            pooled, seq = self.encode_text(captions, self.models)
+            pred = self.models["transformer"](hidden_states=x_t, timestep=t, pooled_projections=pooled,
+                                              encoder_hidden_states=seq, txt_ids=self.txt_ids, img_ids=self.img_ids,
+                                              return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred.float(), noise - latents)
+
+    def lr_at(self, step: int) -> float:
+        a = self.args
+        if step < a.warmup:
+            return a.lr * (step + 1) / a.warmup
+        progress = (step - a.warmup) / max(1, a.steps - a.warmup)
+        return a.lr * (a.final_lr_fraction + (1 - a.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def train_step(self) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        x, captions = self.batch()
+        loss = self.loss(x, captions)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.models.parameters(), 1.0)
+        self.opt.step()
+        decay = min(self.args.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, v in self.models.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.ema[k].lerp_(v, 1 - decay)
+                else:
+                    self.ema[k].copy_(v)
+        self.step += 1
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ outputs
+    def ema_pipeline(self):
+        models = dict(transformer=FluxTransformer2DModel(**TRANSFORMER_CONFIG), text_encoder=build_clip(),
+                      text_encoder_2=build_t5())
+        for name, module in models.items():
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix):]: v for k, v in self.ema.items() if k.startswith(prefix)})
+            module.eval()
+        return build_pipeline(**models, vae_scaling=self.vae_scaling, vae_shift=self.vae_shift,
+                              sampling=dict(true_cfg_scale=self.args.cfg))
+
+    def save_weights(self, out: Path) -> None:
+        """The EMA weights as float16 safetensors plus the metadata JSON (what ships as package data)."""
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.to(torch.float16).contiguous() for k, v in self.ema.items() if v.dtype.is_floating_point}
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+        meta = {"vae_scaling": self.vae_scaling, "vae_shift": self.vae_shift,
+                "sampling": {"num_inference_steps": 20, "true_cfg_scale": self.args.cfg, "scheduler_shift": 1.0},
+                "training": {"steps": self.step, "batch": self.args.batch, "seed": self.args.seed, "lr": self.args.lr,
+                             "seconds": round(self.seconds), "bf16_autocast": self.args.bf16}}
+        atomic_write(out / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+
+    def save_checkpoint(self, out: Path) -> None:
+        tensors = {f"model.{k}": v for k, v in self.models.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
+        names = {id(p): n for n, p in self.models.named_parameters()}
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                for key, value in self.opt.state.get(p, {}).items():
+                    tensors[f"opt.{names[id(p)]}.{key}"] = value if value.dim() else value.reshape(1)
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"step": self.step, "seconds": self.seconds, "numpy_rng": self.rng.bit_generator.state,
+                 "vae_shift": self.vae_shift, "vae_scaling": self.vae_scaling,
+                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}
+        seen: set[int] = set()  # tied weights (T5's shared embedding) are stored as separate copies
+        for k, v in tensors.items():
+            tensors[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
+            seen.add(v.data_ptr())
+        atomic_write(out / CHECKPOINT_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(out / CHECKPOINT_STATE, lambda tmp: tmp.write_text(json.dumps(state)))
+
+    def load_checkpoint(self, out: Path) -> None:
+        tensors = load_file(str(out / CHECKPOINT_TENSORS))
+        state = json.loads((out / CHECKPOINT_STATE).read_text())
+        self.models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        for name, p in self.models.named_parameters():
+            st = {key.split(".")[-1]: v for key, v in tensors.items() if key.startswith(f"opt.{name}.")}
+            if st:
+                st["step"] = st["step"].reshape(())
+                self.opt.state[p] = st
+        torch.set_rng_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.vae_shift, self.vae_scaling = state["vae_shift"], state["vae_scaling"]
+        self.vae = PixelSpaceVAE(scaling_factor=self.vae_scaling, shift_factor=self.vae_shift)
+
+
+class ThreadTuner:
+    """Picks the faster CPU thread count while other processes come and go.
+
+    On a small shared machine two OpenMP threads are twice as fast when the cores are free and many
+    times slower when another process holds one of them. Every ``probe_every`` steps the tuner runs
+    ``probe_len`` steps with the other count and keeps whichever had the lower median step time.
+    """
+
+    def __init__(self, choices=(1, 2), probe_every: int = 300, probe_len: int = 15):
+        self.choices, self.probe_every, self.probe_len = choices, probe_every, probe_len
+        self.current = torch.get_num_threads() if torch.get_num_threads() in choices else choices[-1]
+        self.times: dict[int, list[float]] = {c: [] for c in choices}
+        self.count = 0
+        torch.set_num_threads(self.current)
+
+    def record(self, seconds: float) -> None:
+        self.times[self.current] = (self.times[self.current] + [seconds])[-self.probe_len:]
+        self.count += 1
+        phase = self.count % self.probe_every
+        if phase == 0:  # start a probe of the other count
+            self._use([c for c in self.choices if c != self.current][0])
+        elif phase == self.probe_len:  # probe over: keep the faster
+            medians = {c: float(np.median(t)) for c, t in self.times.items() if t}
+            self._use(min(medians, key=medians.get))
+
+    def _use(self, n: int) -> None:
+        self.current = n
+        torch.set_num_threads(n)
+
+
+def quick_score(trainer: Trainer, n_prompts: int) -> dict:
+    from .grammar import evaluation_prompts
+    from .score import score
+
+    prompts = evaluation_prompts()[:: max(1, len(evaluation_prompts()) // n_prompts)][:n_prompts]
+    return score(trainer.ema_pipeline(), prompts, [0])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train Mini FLUX (rectified flow) on the procedural world.")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, final weights")
+    p.add_argument("--steps", type=int, default=15000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--final-lr-fraction", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale stored for sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train the forward pass in float32")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between quick scores (0: never)")
+    p.add_argument("--eval-prompts", type=int, default=36)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: switch between 1 and 2 by measured speed, see ThreadTuner)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    tuner = None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:
+        tuner = ThreadTuner()
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(args)
+    if args.resume and (args.out / CHECKPOINT_STATE).exists():
+        trainer.load_checkpoint(args.out)
+        print(f"resumed at step {trainer.step}", flush=True)
+    log = (args.out / "log.jsonl").open("a")
+    last_ckpt = time.time()
+    losses: list[float] = []
+    while trainer.step < args.steps:
+        t0 = time.time()
+        losses.append(trainer.train_step())
+        trainer.seconds += time.time() - t0
+        if tuner is not None:
+            tuner.record(time.time() - t0)
+        if trainer.step % 50 == 0:
+            rec = {"step": trainer.step, "loss": float(np.mean(losses)), "lr": trainer.lr_at(trainer.step),
+                   "minutes": round(trainer.seconds / 60, 2), "threads": torch.get_num_threads()}
+            losses = []
+            if args.eval_every and trainer.step % args.eval_every == 0:
+                rec["quick_score"] = quick_score(trainer, args.eval_prompts)
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if time.time() - last_ckpt > 60 * args.checkpoint_minutes:
+            trainer.save_checkpoint(args.out)
+            last_ckpt = time.time()
+    trainer.save_checkpoint(args.out)
+    trainer.save_weights(args.out)
+    print(f"done: {trainer.step} steps in {trainer.seconds / 60:.1f} min; weights in {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
