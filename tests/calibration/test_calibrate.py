@@ -1,0 +1,73 @@
+"""End to end on an untrained Mini FLUX pipeline (fast settings): trajectories, every method, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from torch_ternary import TernaryConfigError, TernaryTensor
+from torch_ternary.calibration import (
+    CalibrationConfig, DistillConfig, TrajectoryDataset, TrajectoryError, calibrate, record_trajectories,
+)
+from torch_ternary.mini.pipeline import build_pipeline
+
+PROMPTS = ["one red circle", "two squares", "a blue square and a triangle", "one yellow triangle"]
+FAST = dict(num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return build_pipeline()
+
+
+def test_trajectories_record_resume_and_read(tmp_path, pipe):
+    folder = record_trajectories(pipe, PROMPTS, tmp_path / "t", batch_size=2, progress=False, **FAST)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [s["records"] for s in manifest["shards"]] == [8, 8]  # 2 prompts x 2 steps x (cond + uncond)
+    data = TrajectoryDataset(folder)
+    assert len(data) == 16
+    kwargs, v = data.batch(5, np.random.default_rng(0))
+    assert kwargs["hidden_states"].shape == (5, 64, 48) and v.shape == (5, 64, 48)
+    assert kwargs["encoder_hidden_states"].shape == (5, 12, 128) and kwargs["pooled_projections"].shape == (5, 64)
+    # the recorded velocity is what the teacher outputs for the recorded inputs
+    with torch.no_grad():
+        out = pipe.transformer(**kwargs)[0]
+    torch.testing.assert_close(out, v, rtol=2e-3, atol=2e-3)  # float16 storage
+    shard0 = (folder / manifest["shards"][0]["file"]).stat().st_mtime_ns
+    record_trajectories(pipe, PROMPTS, folder, batch_size=2, progress=False, **FAST)  # resume: nothing to redo
+    assert (folder / manifest["shards"][0]["file"]).stat().st_mtime_ns == shard0
+    with pytest.raises(TrajectoryError, match="other prompts"):
+        record_trajectories(pipe, PROMPTS[:2], folder, batch_size=2, progress=False, **FAST)
+    (folder / manifest["shards"][1]["file"]).unlink()
+    with pytest.raises(TrajectoryError, match="1 of 2"):
+        TrajectoryDataset(folder)
+
+
+@pytest.mark.parametrize("method", ["absmean", "layerwise", "layerwise_gptq", "distill_scales", "distill_qat"])
+def test_every_method_gives_a_standard_ternary_transformer(tmp_path, pipe, method):
+    cfg = CalibrationConfig(method=method, trajectory_batch=2, pipe_kwargs=FAST, layerwise_records=32,
+                            distill=DistillConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=0))
+    teacher_state = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    result = calibrate(pipe, PROMPTS, tmp_path, cfg)
+    ternary = [m for m in result.transformer.modules() if isinstance(getattr(m, "weight", None), TernaryTensor)]
+    assert len(ternary) == 52
+    assert all(type(p) is torch.nn.Parameter or isinstance(p, TernaryTensor) for p in result.transformer.parameters())
+    assert not any("latent" in n or "lora" in n for n, _ in result.transformer.named_parameters())
+    for k, v in pipe.transformer.state_dict().items():  # the teacher is untouched
+        assert torch.equal(v, teacher_state[k]), k
+    if method.startswith("layerwise"):
+        errs = result.layer_errors.values()
+        assert sum(a for _, a in errs) < sum(b for b, _ in errs)
+    if method.startswith("distill"):
+        assert len(result.losses) == 1 and (tmp_path / f"distill_{method}" / "distill.json").exists()
+
+
+def test_inplace_and_config_errors(tmp_path, pipe):
+    with pytest.raises(TernaryConfigError):
+        CalibrationConfig(method="magic")
+    with pytest.raises(TernaryConfigError, match="per-channel"):
+        CalibrationConfig(method="layerwise", ternary=__import__("torch_ternary").TernaryConfig(granularity="per_tensor"))
+    with pytest.raises(TernaryConfigError, match="inplace"):
+        calibrate(pipe, PROMPTS, tmp_path, CalibrationConfig(method="distill_qat"), inplace=True)

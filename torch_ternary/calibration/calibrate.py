@@ -1,0 +1,169 @@
+"""``calibrate``: from a full-precision FLUX pipeline and text prompts to a calibrated ternary transformer.
+
+Methods (each ends in the standard ternary format: no LoRA, no extra full-precision weights):
+
+==================  =====================================================================================
+``absmean``         plain post-training absmean ternarization (the baseline; needs no data)
+``layerwise``       activation-aware per-channel codes and scales from teacher-trajectory inputs
+``layerwise_gptq``  the same with GPTQ error feedback over columns
+``distill_scales``  layer-wise init, then self-distillation of the scales only (codes frozen, 2-bit)
+``distill_qat``     layer-wise init, then self-distillation of scales and latent weights (STE)
+==================  =====================================================================================
+
+Phases: record teacher trajectories (resumable, on disk) -> ternarize a copy of the transformer ->
+layer-wise calibration -> distillation -> export. ``inplace=True`` ternarizes the pipeline's own
+transformer after the trajectories are recorded instead of copying it (what a 12 B model needs;
+then the QAT and layer-wise methods, which need the full-precision weights, are not available).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import TernaryConfig
+from ..errors import TernaryConfigError
+from ..quantize import quantize_
+from .distill import DistillConfig, config_dict, distill
+from .layerwise import layerwise_calibrate
+from .trainable import export_ternary, make_trainable
+from .trajectories import TrajectoryDataset, record_trajectories
+
+METHODS = ("absmean", "layerwise", "layerwise_gptq", "distill_scales", "distill_qat")
+
+
+@dataclass
+class CalibrationConfig:
+    """What :func:`calibrate` does.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        ternary: the :class:`TernaryConfig` of the student (layer selection, granularity).
+        trajectory_batch: prompts per teacher pipeline call (and per shard).
+        pipe_kwargs: arguments of the teacher's pipeline call (steps, guidance, size...).
+        storage_dtype: dtype of recorded trajectories.
+        layerwise_records: trajectory records replayed through the teacher to estimate the input Gram matrices.
+        layerwise_init: start distillation from layer-wise calibration (else from absmean).
+        distill: distillation hyper-parameters.
+        seed: seed of the teacher's starting noise.
+    """
+
+    method: str = "distill_qat"
+    ternary: TernaryConfig = field(default_factory=TernaryConfig)
+    trajectory_batch: int = 16
+    pipe_kwargs: dict = field(default_factory=dict)
+    storage_dtype: torch.dtype = torch.float16
+    layerwise_records: int = 2048
+    layerwise_init: bool = True
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise TernaryConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.ternary.granularity != "per_channel" and self.method != "absmean" and (
+            self.method.startswith("layerwise") or self.layerwise_init
+        ):
+            raise TernaryConfigError("layer-wise calibration computes per-channel scales; use granularity='per_channel'")
+
+
+@dataclass
+class CalibrationResult:
+    """The calibrated transformer and what it cost."""
+
+    transformer: nn.Module
+    method: str
+    seconds: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+    layer_errors: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        errs = list(self.layer_errors.values())
+        out = {"method": self.method, "seconds": self.seconds, "total_seconds": round(sum(self.seconds.values()), 1)}
+        if errs:
+            out["mean_layer_error_absmean"] = sum(e[0] for e in errs) / len(errs)
+            out["mean_layer_error_layerwise"] = sum(e[1] for e in errs) / len(errs)
+        if self.losses:
+            out["distill_loss_first"], out["distill_loss_last"] = self.losses[0], self.losses[-1]
+        return out
+
+
+def _replay(data: TrajectoryDataset, records: int, batch: int) -> Callable[[nn.Module], None]:
+    def run(model: nn.Module) -> None:
+        seen = 0
+        for kwargs, _ in data.iterate(batch):
+            model(**kwargs)
+            seen += kwargs["hidden_states"].shape[0]
+            if seen >= records:
+                break
+
+    return run
+
+
+def calibrate(pipe, prompts: list[str], workdir: str | Path, config: CalibrationConfig | None = None,
+              inplace: bool = False, log: Callable[[dict], None] | None = None) -> CalibrationResult:
+    """Calibrate a ternary version of ``pipe.transformer`` from text prompts alone.
+
+    Args:
+        pipe: a full-precision diffusers ``FluxPipeline`` (the teacher; left unchanged unless ``inplace``).
+        prompts: text prompts (e.g. :func:`~torch_ternary.calibration.prompts.load_prompts`).
+        workdir: folder for trajectories (``workdir/trajectories``) and distillation checkpoints.
+        config: a :class:`CalibrationConfig`.
+        inplace: ternarize ``pipe.transformer`` itself (saves a full copy; absmean / distill_scales without layer-wise init only).
+        log: receives progress dicts.
+
+    Returns:
+        A :class:`CalibrationResult` whose ``transformer`` holds :class:`~torch_ternary.TernaryTensor` weights.
+    """
+    cfg = config or CalibrationConfig()
+    workdir = Path(workdir)
+    seconds: dict[str, float] = {}
+    teacher = pipe.transformer
+    needs_fp = cfg.method in ("layerwise", "layerwise_gptq", "distill_qat") or (
+        cfg.method == "distill_scales" and cfg.layerwise_init)
+    if inplace and needs_fp:
+        raise TernaryConfigError(f"method {cfg.method!r} (with layerwise_init={cfg.layerwise_init}) needs the "
+                                 "full-precision transformer beside the student; inplace=True is not possible")
+    data = None
+    if cfg.method != "absmean":
+        t0 = time.time()
+        folder = record_trajectories(pipe, prompts, workdir / "trajectories", batch_size=cfg.trajectory_batch,
+                                     seed=cfg.seed, storage_dtype=cfg.storage_dtype, **cfg.pipe_kwargs)
+        device = next(teacher.parameters()).device
+        data = TrajectoryDataset(folder, device=device, dtype=next(teacher.parameters()).dtype)
+        seconds["trajectories"] = time.time() - t0
+
+    t0 = time.time()
+    student = teacher if inplace else copy.deepcopy(teacher)
+    quantize_(student, cfg.ternary)
+    seconds["absmean"] = time.time() - t0
+    result = CalibrationResult(student, cfg.method, seconds)
+    if cfg.method == "absmean":
+        return result
+
+    if needs_fp and (cfg.method.startswith("layerwise") or cfg.layerwise_init):
+        t0 = time.time()
+        run = _replay(data, cfg.layerwise_records, cfg.distill.batch_size)
+        result.layer_errors = layerwise_calibrate(student, teacher, run, gptq=cfg.method == "layerwise_gptq")
+        seconds["layerwise"] = time.time() - t0
+        if log:
+            log({"phase": "layerwise", **result.summary()})
+    if cfg.method.startswith("layerwise"):
+        return result
+
+    t0 = time.time()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    make_trainable(student, latent_from=teacher if cfg.method == "distill_qat" else None)
+    result.losses = distill(student, data, cfg.distill, checkpoint_dir=workdir / f"distill_{cfg.method}", log=log)
+    export_ternary(student)
+    seconds["distill"] = time.time() - t0
+    if log:
+        log({"phase": "done", "distill": config_dict(cfg.distill), **result.summary()})
+    return result

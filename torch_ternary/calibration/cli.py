@@ -1,0 +1,82 @@
+"""``torch-ternary calibrate``: the calibration methods from the command line.
+
+::
+
+    torch-ternary calibrate --pipeline mini --method distill_qat --prompts mini --num-prompts 512 \\
+        --out mini_ternary.safetensors
+
+Writes the calibrated ternary transformer with :func:`~torch_ternary.save_quantized` and, beside it,
+``<out>.json`` with the method, its settings, the time each phase took and the loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .calibrate import METHODS
+
+
+def add_parser(sub) -> None:
+    """Register the ``calibrate`` subcommand on an ``argparse`` subparsers object."""
+    c = sub.add_parser("calibrate", help="calibrate a ternary transformer from text prompts (self-distillation)",
+                       description="Calibrate a ternary version of a FLUX pipeline's transformer from text prompts "
+                                   "alone: the full-precision pipeline is the teacher. See docs/calibration.md.")
+    c.add_argument("--pipeline", default="mini", help="'mini' (the shipped Mini FLUX) or a diffusers FluxPipeline folder")
+    c.add_argument("--method", choices=METHODS, default="distill_qat", help="calibration method (default distill_qat)")
+    c.add_argument("--prompts", default="mini", help="'mini', 'builtin' or a .txt/.tsv/.jsonl file")
+    c.add_argument("--column", default=None, help="field of a .tsv/.jsonl prompt file (default 'prompt')")
+    c.add_argument("--num-prompts", type=int, default=512, help="prompts to use (default 512)")
+    c.add_argument("--prompt-seed", type=int, default=0, help="seed of generated prompts (default 0)")
+    c.add_argument("--sampling-steps", type=int, default=None, help="teacher sampling steps (default: the pipeline's)")
+    c.add_argument("--steps", type=int, default=2000, help="distillation steps (default 2000)")
+    c.add_argument("--batch-size", type=int, default=32, help="trajectory records per distillation step (default 32)")
+    c.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of latent weights (QAT)")
+    c.add_argument("--scale-lr", type=float, default=1e-3, help="peak learning rate of scales")
+    c.add_argument("--no-layerwise-init", action="store_true", help="start distillation from absmean codes")
+    c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
+    c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    c.add_argument("--out", required=True, help="output .safetensors file of the ternary transformer")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def _load_pipe(spec: str, device: str):
+    if spec == "mini":
+        from ..mini import load_pipeline
+
+        return load_pipeline(device=device)
+    folder = Path(spec)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(folder).to(device)
+
+
+def cmd_calibrate(args) -> int:
+    from ..serialization import atomic_write, save_quantized
+    from .calibrate import CalibrationConfig, calibrate
+    from .distill import DistillConfig, config_dict
+    from .prompts import load_prompts
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output is a .safetensors file")
+    prompts = load_prompts(args.prompts, args.num_prompts, seed=args.prompt_seed, column=args.column)
+    pipe = _load_pipe(args.pipeline, args.device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
+    cfg = CalibrationConfig(
+        method=args.method, pipe_kwargs=pipe_kwargs, layerwise_init=not args.no_layerwise_init,
+        distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
+                              autocast_bf16=args.bf16),
+    )
+    log = lambda rec: print(json.dumps(rec), flush=True)  # noqa: E731
+    result = calibrate(pipe, prompts, args.workdir, cfg, log=log)
+    save_quantized(result.transformer, out)
+    summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
+               "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "losses": result.losses}
+    atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s)")
+    return 0

@@ -1,0 +1,204 @@
+"""Teacher trajectories: what the full-precision pipeline does on text prompts, recorded for distillation.
+
+:func:`record_trajectories` runs a diffusers ``FluxPipeline`` (any: Mini FLUX or FLUX.1-dev) with its
+own sampler and guidance on batches of prompts and records every transformer call through a
+forward hook: the noisy latents ``x_t``, the timestep, the text conditioning and the teacher's
+velocity. With true classifier-free guidance both the conditional and the unconditional calls are
+recorded. Each prompt batch becomes one shard ``traj-XXXXX.safetensors``:
+
+=====================  =======================  =================================================
+key                    dtype, shape             content
+=====================  =======================  =================================================
+``hidden_states``      storage ``[S, L, C]``    ``x_t`` of each recorded call and batch row
+``velocity``           storage ``[S, L, C]``    the teacher's output for it
+``timestep``           float32 ``[S]``          the transformer's ``timestep`` input (sigma)
+``guidance``           float32 ``[S]``          (guidance-distilled models only)
+``text_index``         int64 ``[S]``            row of the text tensors below
+``encoder_hidden_states``  storage ``[P, T, D]``  distinct text conditionings of the shard
+``pooled_projections``     storage ``[P, Dp]``
+``img_ids`` / ``txt_ids``  float32 ``[L, 3]`` / ``[T, 3]``
+=====================  =======================  =================================================
+
+``manifest.json`` lists the prompts and finished shards, so an interrupted recording resumes where
+it stopped (``resume=True``). Shards are written atomically. No image is produced or read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import TernaryError
+from ..serialization import atomic_write
+
+MANIFEST = "manifest.json"
+
+
+class TrajectoryError(TernaryError, ValueError):
+    """A trajectory folder that is missing, incomplete or inconsistent."""
+
+
+class _CallRecorder:
+    """Forward hook (with kwargs) collecting the transformer's inputs and outputs."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def __call__(self, module, args, kwargs, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output.sample
+        self.records.append({
+            "hidden_states": kwargs["hidden_states"].detach().cpu(),
+            "timestep": kwargs["timestep"].detach().float().cpu().expand(out.shape[0]),
+            "guidance": None if kwargs.get("guidance") is None else kwargs["guidance"].detach().float().cpu(),
+            "encoder_hidden_states": kwargs["encoder_hidden_states"].detach().cpu(),
+            "pooled_projections": kwargs["pooled_projections"].detach().cpu(),
+            "img_ids": kwargs["img_ids"].detach().float().cpu(),
+            "txt_ids": kwargs["txt_ids"].detach().float().cpu(),
+            "velocity": out.detach().cpu(),
+        })
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.blake2b(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def _shard_tensors(records: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    texts: list[torch.Tensor] = []
+    pooled: list[torch.Tensor] = []
+    keys: dict[tuple, int] = {}
+    index: list[int] = []
+    for r in records:
+        for row in range(r["hidden_states"].shape[0]):
+            e, p = r["encoder_hidden_states"][row], r["pooled_projections"][row]
+            key = (_digest(e), _digest(p))
+            if key not in keys:
+                keys[key] = len(texts)
+                texts.append(e)
+                pooled.append(p)
+            index.append(keys[key])
+    out = {
+        "hidden_states": torch.cat([r["hidden_states"] for r in records]).to(dtype),
+        "velocity": torch.cat([r["velocity"] for r in records]).to(dtype),
+        "timestep": torch.cat([r["timestep"] for r in records]),
+        "text_index": torch.tensor(index, dtype=torch.int64),
+        "encoder_hidden_states": torch.stack(texts).to(dtype),
+        "pooled_projections": torch.stack(pooled).to(dtype),
+        "img_ids": records[0]["img_ids"],
+        "txt_ids": records[0]["txt_ids"],
+    }
+    if records[0]["guidance"] is not None:
+        out["guidance"] = torch.cat([r["guidance"] for r in records])
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_size: int = 16, seed: int = 0,
+                        storage_dtype: torch.dtype = torch.float16, resume: bool = True, progress: bool = True,
+                        **pipe_kwargs) -> Path:
+    """Run ``pipe`` on ``prompts`` and record every transformer call to sharded safetensors.
+
+    Args:
+        pipe: a diffusers ``FluxPipeline`` (full precision: the teacher).
+        prompts: text prompts; prompt ``i`` uses seed ``seed + i`` for its starting noise.
+        out_dir: folder for ``manifest.json`` and the shards.
+        batch_size: prompts per pipeline call (= per shard).
+        storage_dtype: dtype of the stored latents, velocities and text tensors.
+        resume: skip shards already listed in the manifest (the prompt list must match).
+        progress: show a tqdm bar over shards.
+        **pipe_kwargs: passed to the pipeline call (steps, guidance, size, ...).
+
+    Returns:
+        ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    manifest = {"prompts": list(prompts), "batch_size": batch_size, "seed": seed, "shards": [],
+                "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    if resume and manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("prompts") != manifest["prompts"] or old.get("batch_size") != batch_size or old.get("seed") != seed:
+            raise TrajectoryError(f"{out} holds trajectories of other prompts/settings; use another folder or resume=False")
+        manifest["shards"] = [s for s in old["shards"] if (out / s["file"]).exists()]
+    done = {s["first_prompt"] for s in manifest["shards"]}
+    starts = [i for i in range(0, len(prompts), batch_size) if i not in done]
+    recorder = _CallRecorder()
+    handle = pipe.transformer.register_forward_hook(recorder, with_kwargs=True)
+    try:
+        for i in tqdm(starts, desc="teacher trajectories", unit="shard", disable=not progress):
+            batch = prompts[i:i + batch_size]
+            gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
+            recorder.records.clear()
+            with torch.no_grad():
+                pipe(batch, generator=gens, output_type="latent", **pipe_kwargs)
+            tensors = _shard_tensors(recorder.records, storage_dtype)
+            name = f"traj-{i // batch_size:05d}.safetensors"
+            atomic_write(out / name, lambda tmp: save_file(tensors, str(tmp)))
+            manifest["shards"].append({"file": name, "first_prompt": i, "prompts": len(batch),
+                                       "records": int(tensors["timestep"].shape[0])})
+            atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    finally:
+        handle.remove()
+    return out
+
+
+class TrajectoryDataset:
+    """Random mini-batches of recorded transformer calls, all shards held in memory (as stored).
+
+    Args:
+        folder: a folder written by :func:`record_trajectories` (complete).
+        device: where batches go. dtype: the float dtype of returned inputs and targets.
+    """
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        folder = Path(folder)
+        if not (folder / MANIFEST).exists():
+            raise TrajectoryError(f"{folder}: no {MANIFEST}; record trajectories first")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        expected = -(-len(manifest["prompts"]) // manifest["batch_size"])
+        present = [s for s in manifest["shards"] if (folder / s["file"]).exists()]
+        if len(present) != expected:
+            raise TrajectoryError(f"{folder}: {len(present)} of {expected} shards recorded; resume the recording")
+        self.device, self.dtype = torch.device(device), dtype
+        self.shards = [load_file(str(folder / s["file"])) for s in sorted(manifest["shards"], key=lambda s: s["first_prompt"])]
+        self.sizes = np.array([s["timestep"].shape[0] for s in self.shards])
+        self.prompts = manifest["prompts"]
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def batch(self, size: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
+        """``(transformer kwargs, teacher velocity)`` for ``size`` records drawn uniformly (one shard per batch)."""
+        shard = self.shards[int(rng.choice(len(self.shards), p=self.sizes / self.sizes.sum()))]
+        rows = torch.from_numpy(rng.choice(shard["timestep"].shape[0], size=min(size, shard["timestep"].shape[0]), replace=False))
+        return self.take(shard, rows)
+
+    def take(self, shard: dict, rows: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """The records ``rows`` of a shard as ``(transformer kwargs, velocity)``."""
+        dev, dt = self.device, self.dtype
+        t_idx = shard["text_index"][rows]
+        kwargs = dict(
+            hidden_states=shard["hidden_states"][rows].to(dev, dt),
+            timestep=shard["timestep"][rows].to(dev, dt),
+            encoder_hidden_states=shard["encoder_hidden_states"][t_idx].to(dev, dt),
+            pooled_projections=shard["pooled_projections"][t_idx].to(dev, dt),
+            img_ids=shard["img_ids"].to(dev, dt),
+            txt_ids=shard["txt_ids"].to(dev, dt),
+            return_dict=False,
+        )
+        if "guidance" in shard:
+            kwargs["guidance"] = shard["guidance"][rows].to(dev, dt)
+        return kwargs, shard["velocity"][rows].to(dev, dt)
+
+    def iterate(self, size: int):
+        """Every record once, in order, as ``(kwargs, velocity)`` batches of at most ``size``."""
+        for shard in self.shards:
+            n = shard["timestep"].shape[0]
+            for r0 in range(0, n, size):
+                yield self.take(shard, torch.arange(r0, min(n, r0 + size)))
