@@ -116,6 +116,14 @@ def mma_m16n8k16(acc: np.ndarray, a: list, b: list, h2: Half2) -> None:
             acc[lane, i] += D[g + 8 * (i // 2), 2 * t + (i % 2)]
 
 
+def ldmatrix_x4(rows: list, h2: Half2) -> list:
+    """``ldmatrix.sync.aligned.m8n8.x4.b16``: ``rows[L]`` is the 8-element row lane ``L`` addresses
+    (lanes 8i .. 8i+7 give the rows of matrix i); returns ``regs[lane][i]`` = row ``lane / 4``,
+    elements ``2 (lane % 4)``, ``+1`` of matrix ``i`` (PTX ISA; checked against CuTe's LDSM layout)."""
+    mats = np.asarray(rows, dtype=np.float64).reshape(4, 8, 8)
+    return [[h2.pack(*mats[r, lane >> 2, 2 * (lane & 3):2 * (lane & 3) + 2]) for r in range(4)] for lane in range(32)]
+
+
 class GroupDiv:
     def __init__(self, shift: int, magic: int):
         self.shift, self.magic = shift, magic
@@ -241,14 +249,13 @@ def gemm(x: np.ndarray, words: np.ndarray, scale: np.ndarray, bias, kind: str, K
                         # ldmatrix.x4: lane L addresses row (L % 16), chunk 2 ks + L / 16 of its m16 tile
                         af = [[None] * 4 for _ in range(4)]
                         for i in range(4):
-                            mats = np.zeros((4, 8, 8))
+                            rows = []
                             for L in range(32):
                                 row = wm * 64 + i * 16 + (L & 15)
                                 ch = ks * 2 + (L >> 4)
                                 addr = row * 64 + ((ch ^ (row & 7)) * 8)
-                                mats[L // 8, L % 8] = As[addr:addr + 8]
-                            af[i] = [[h2.pack(*mats[r, lane >> 2, 2 * (lane & 3):2 * (lane & 3) + 2]) for r in range(4)]
-                                     for lane in range(32)]
+                                rows.append(As[addr:addr + 8])
+                            af[i] = ldmatrix_x4(rows, h2)
                         kb_c = min(kt * 4 + ks, kblocks - 1)
                         for j in range(4):
                             b_regs = []

@@ -113,3 +113,66 @@ def test_group_division_is_exact(gb):
     kb = torch.arange(0, 1 << 16, dtype=torch.int64)
     shift, magic = group_div(gb)
     assert torch.equal(emulate_group_div(kb, shift, magic), kb // gb)
+
+
+# ------------------------------------------------------------------------------------------------
+# The fragment models above come from the PTX ISA tables. Check them against a second, independent
+# statement of the same hardware layouts: CUTLASS / CuTe's (thread, value) -> coordinate layouts
+# (include/cute/atom/mma_traits_sm80.hpp, SM80_16x8x16_F32{F16F16,BF16BF16}F32_TN, and
+# include/cute/atom/copy_traits_sm75.hpp, SM75_U32x4_LDSM_N), evaluated here from their
+# shape / stride tuples. A model that merely repeated a kernel's own assumption would fail this.
+def _cute_flat(shape, stride):
+    if isinstance(shape, int):
+        return [(shape, stride)]
+    return [mode for s, d in zip(shape, stride) for mode in _cute_flat(s, d)]
+
+
+def _cute(layout, idx):
+    """CuTe layout function: colexicographic decomposition of ``idx`` over the (nested) shape."""
+    off = 0
+    for s, d in _cute_flat(*layout):
+        off += (idx % s) * d
+        idx //= s
+    return off
+
+
+# (thread layout, value layout) of the m16n8k16 f16 / bf16 MMA atom
+_CUTE_THR_A, _CUTE_VAL_A = ((4, 8), (32, 1)), ((2, 2, 2), (16, 8, 128))  # -> (m, k), M = 16
+_CUTE_THR_B, _CUTE_VAL_B = ((4, 8), (16, 1)), ((2, 2), (8, 64))          # -> (n, k), N = 8
+_CUTE_THR_C, _CUTE_VAL_C = ((4, 8), (32, 1)), ((2, 2), (16, 8))          # -> (m, n), M = 16
+
+
+@pytest.mark.parametrize("kind", emulate.KINDS)
+def test_mma_model_matches_cute_layouts(kind):
+    h2 = emulate.Half2(kind)
+    rng = np.random.default_rng(0)
+    A = rng.integers(-4, 5, (16, 16)).astype(np.float64)  # [m, k]
+    B = rng.integers(-4, 5, (16, 8)).astype(np.float64)   # [k, n]
+    a = [[0] * 4 for _ in range(32)]
+    b = [[0] * 2 for _ in range(32)]
+    for lane in range(32):
+        for v in range(8):  # register v // 2, half v % 2
+            off = _cute(_CUTE_THR_A, lane) + _cute(_CUTE_VAL_A, v)
+            a[lane][v // 2] |= emulate.float_to_half(A[off % 16, off // 16], kind) << (16 * (v % 2))
+        for v in range(4):
+            off = _cute(_CUTE_THR_B, lane) + _cute(_CUTE_VAL_B, v)
+            b[lane][v // 2] |= emulate.float_to_half(B[off // 8, off % 8], kind) << (16 * (v % 2))
+    acc = np.zeros((32, 4))
+    emulate.mma_m16n8k16(acc, a, b, h2)
+    D = A @ B
+    for lane in range(32):
+        for v in range(4):
+            off = _cute(_CUTE_THR_C, lane) + _cute(_CUTE_VAL_C, v)
+            assert acc[lane, v] == D[off % 16, off // 16], (lane, v)
+
+
+def test_ldmatrix_model_matches_cute_layout():
+    # SM75_U32x4_LDSM_N: thread T supplies the address of 128-bit row T (SrcLayout (32, 128):(128, 1));
+    # register r of thread T receives bits 32 T + 1024 r .. +31 (DstLayout (32, (32, 4)):(32, (1, 1024))).
+    h2 = emulate.Half2("f16")
+    rows = [[8 * L + c for c in range(8)] for L in range(32)]  # element e of the 32 x 8 source = e
+    regs = emulate.ldmatrix_x4(rows, h2)
+    for lane in range(32):
+        for r in range(4):
+            bit = 32 * lane + 1024 * r
+            assert h2.pair(regs[lane][r]) == (bit // 16, bit // 16 + 1), (lane, r)
