@@ -1,6 +1,6 @@
-"""The README's main job: ternarize a FLUX-architecture transformer, run it, and report sizes.
+"""Ternarize a FLUX-architecture transformer with random weights, run it, and report sizes.
 
-``python -m torch_ternary.demo`` builds diffusers' ``FluxTransformer2DModel`` from a small config
+``python -m torch_ternary.demo_flux`` (or ``python -m torch_ternary.demo --flux``) builds diffusers' ``FluxTransformer2DModel`` from a small config
 with random weights, applies ``quantize_(model, TernaryConfig())`` (the FLUX preset), runs one
 step eager and under ``torch.compile``, saves and reloads it, and prints the size report of that
 model and of the full FLUX.1-dev config (built on ``meta``: shapes only, no memory).
