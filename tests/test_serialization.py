@@ -94,6 +94,15 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]  # no temp file left
 
 
+def test_saved_file_has_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_quantized(quantized_net(), tmp_path / "net.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # safetensors alone creates 0o600
+
+
 def _fresh():
     with torch.device("meta"):
         return Net().to(torch.bfloat16)

@@ -5,7 +5,7 @@
 - :mod:`.evaluate`: decides from pixels alone whether an image satisfies a caption.
 - :mod:`.text`, :mod:`.model`, :mod:`.pipeline`: the tiny CLIP/T5 encoders, the transformer config and
   pixel-space VAE, and the diffusers ``FluxPipeline`` around them (``load_pipeline``).
-- :mod:`.score`: ``score(pipe, prompts, seeds)``, the exact benchmark. :mod:`.train`: the training script.
+- :mod:`.scoring`: ``score(pipe, prompts, seeds)``, the exact benchmark. :mod:`.train`: the training script.
 
 ``load_pipeline`` and ``score`` import diffusers, so they are loaded on first use.
 
@@ -45,14 +45,16 @@ from .world import (
     satisfies,
 )
 
-_LAZY = {"load_pipeline": ".pipeline", "build_pipeline": ".pipeline", "generate": ".pipeline", "score": ".score"}
+_LAZY = {"load_pipeline": ".pipeline", "build_pipeline": ".pipeline", "generate": ".pipeline", "score": ".scoring"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -210,7 +210,7 @@ class ThreadTuner:
 
 def quick_score(trainer: Trainer, n_prompts: int) -> dict:
     from .grammar import evaluation_prompts
-    from .score import score
+    from .scoring import score
 
     prompts = evaluation_prompts()[:: max(1, len(evaluation_prompts()) // n_prompts)][:n_prompts]
     return score(trainer.ema_pipeline(), prompts, [0])

@@ -1,0 +1,60 @@
+"""Tune Mini FLUX's sampler (guidance scale, steps, schedule shift) on validation captions — never on the evaluation prompts.
+
+    python benchmarks/mini_sampling.py --weights runs/main          # a run folder with mini_flux.safetensors/json
+
+Validation captions are drawn from the training-caption sampler (compositional evaluation prompts
+and their meanings never appear) with seed 123, one image each with seeds 1000+. The best setting is
+written into the weights folder's ``mini_flux.json`` ("sampling") when ``--write`` is given, and the
+sweep to ``benchmarks/results/mini_sampling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_results  # noqa: E402
+
+from torch_ternary.mini import load_pipeline, score  # noqa: E402
+from torch_ternary.mini.grammar import sample_training_caption  # noqa: E402
+from torch_ternary.mini.pipeline import META_FILE  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="folder with mini_flux.safetensors and mini_flux.json")
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--cfg", type=float, nargs="+", default=[2.0, 3.0, 4.0, 6.0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[20])
+    parser.add_argument("--shift", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--write", action="store_true", help="store the best setting in the folder's mini_flux.json")
+    args = parser.parse_args()
+    rng = np.random.default_rng(123)
+    prompts = [sample_training_caption(rng)[1] for _ in range(args.prompts)]
+    rows = []
+    pipe = load_pipeline(path=args.weights)
+    for cfg, steps, shift in itertools.product(args.cfg, args.steps, args.shift):
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False)
+        pipe.mini_sampling = {"true_cfg_scale": cfg, "num_inference_steps": steps, "scheduler_shift": shift}
+        res = score(pipe, prompts, [1000])
+        rows.append({"true_cfg_scale": cfg, "num_inference_steps": steps, "scheduler_shift": shift, **res})
+        print(json.dumps(rows[-1]), flush=True)
+    best = max(rows, key=lambda r: r["overall"])
+    write_results("mini_sampling", {"validation_prompts": len(prompts), "rows": rows, "best": best})
+    if args.write:
+        meta_path = Path(args.weights) / META_FILE
+        meta = json.loads(meta_path.read_text())
+        meta["sampling"] = {k: best[k] for k in ("true_cfg_scale", "num_inference_steps", "scheduler_shift")}
+        meta_path.write_text(json.dumps(meta, indent=2))
+        print(f"wrote sampling {meta['sampling']} to {meta_path}")
+
+
+if __name__ == "__main__":
+    main()
