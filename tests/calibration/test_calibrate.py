@@ -71,3 +71,19 @@ def test_inplace_and_config_errors(tmp_path, pipe):
         CalibrationConfig(method="layerwise", ternary=__import__("torch_ternary").TernaryConfig(granularity="per_tensor"))
     with pytest.raises(TernaryConfigError, match="inplace"):
         calibrate(pipe, PROMPTS, tmp_path, CalibrationConfig(method="distill_qat"), inplace=True)
+
+
+def test_gptq_init_starts_distillation_from_the_gptq_solution(tmp_path, pipe):
+    common = dict(trajectory_batch=2, pipe_kwargs=FAST, layerwise_records=32,
+                  distill=DistillConfig(steps=1, batch_size=4, warmup=1, checkpoint_every=0))
+    gptq = calibrate(pipe, PROMPTS, tmp_path / "a", CalibrationConfig(method="layerwise_gptq", **common))
+    init = calibrate(pipe, PROMPTS, tmp_path / "b", CalibrationConfig(method="distill_scales", gptq_init=True, **common))
+    plain = calibrate(pipe, PROMPTS, tmp_path / "c", CalibrationConfig(method="distill_scales", **common))
+    assert init.layer_errors.keys() == gptq.layer_errors.keys()
+    for name, (_, after) in gptq.layer_errors.items():
+        assert init.layer_errors[name][1] == pytest.approx(after, rel=1e-5), name
+    assert any(plain.layer_errors[n][1] != pytest.approx(init.layer_errors[n][1], rel=1e-3) for n in init.layer_errors)
+    with pytest.raises(TernaryConfigError, match="gptq_init"):
+        CalibrationConfig(method="layerwise", gptq_init=True)
+    with pytest.raises(TernaryConfigError, match="gptq_init"):
+        CalibrationConfig(method="distill_qat", gptq_init=True, layerwise_init=False)

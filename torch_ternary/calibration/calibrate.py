@@ -50,6 +50,7 @@ class CalibrationConfig:
         storage_dtype: dtype of recorded trajectories.
         layerwise_records: trajectory records replayed through the teacher to estimate the input Gram matrices.
         layerwise_init: start distillation from layer-wise calibration (else from absmean).
+        gptq_init: with ``layerwise_init``, run that calibration with GPTQ error feedback.
         distill: distillation hyper-parameters.
         seed: seed of the teacher's starting noise.
     """
@@ -61,6 +62,7 @@ class CalibrationConfig:
     storage_dtype: torch.dtype = torch.float16
     layerwise_records: int = 2048
     layerwise_init: bool = True
+    gptq_init: bool = False
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
 
@@ -71,6 +73,8 @@ class CalibrationConfig:
             self.method.startswith("layerwise") or self.layerwise_init
         ):
             raise TernaryConfigError("layer-wise calibration computes per-channel scales; use granularity='per_channel'")
+        if self.gptq_init and not (self.method.startswith("distill") and self.layerwise_init):
+            raise TernaryConfigError("gptq_init applies to distill methods with layerwise_init=True")
 
 
 @dataclass
@@ -150,7 +154,7 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
     if needs_fp and (cfg.method.startswith("layerwise") or cfg.layerwise_init):
         t0 = time.time()
         run = _replay(data, cfg.layerwise_records, cfg.distill.batch_size)
-        result.layer_errors = layerwise_calibrate(student, teacher, run, gptq=cfg.method == "layerwise_gptq")
+        result.layer_errors = layerwise_calibrate(student, teacher, run, gptq=cfg.method == "layerwise_gptq" or cfg.gptq_init)
         seconds["layerwise"] = time.time() - t0
         if log:
             log({"phase": "layerwise", **result.summary()})

@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     c.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of latent weights (QAT)")
     c.add_argument("--scale-lr", type=float, default=1e-3, help="peak learning rate of scales")
     c.add_argument("--no-layerwise-init", action="store_true", help="start distillation from absmean codes")
+    c.add_argument("--gptq-init", action="store_true", help="start distillation from GPTQ layer-wise calibration")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -69,6 +70,7 @@ def cmd_calibrate(args) -> int:
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
         method=args.method, pipe_kwargs=pipe_kwargs, layerwise_init=not args.no_layerwise_init,
+        gptq_init=args.gptq_init,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
                               autocast_bf16=args.bf16),
     )
@@ -76,7 +78,7 @@ def cmd_calibrate(args) -> int:
     result = calibrate(pipe, prompts, args.workdir, cfg, log=log)
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
-               "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "losses": result.losses}
+               "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init, "losses": result.losses}
     atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s)")
     return 0
