@@ -171,23 +171,12 @@ def _linear_a8_fake(x, packed, scale, bias, in_features, group_size, fmt):
 
 
 def _linear_a8_setup(ctx, inputs, output):
-    x, packed, scale, bias, in_features, group_size, _ = inputs
-    ctx.save_for_backward(x, packed, scale)
-    ctx.meta = (in_features, group_size, bias is not None)
+    ops._linear_setup(ctx, inputs[:6], output)  # the 7th input (activation format) needs no gradient
 
 
 def _linear_a8_backward(ctx, grad):
     """Straight-through estimator: the gradients of the 16-bit ``torch_ternary::linear``."""
-    x, packed, scale = ctx.saved_tensors
-    in_features, group_size, has_bias = ctx.meta
-    grad_x = grad_scale = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.torch_ternary.linear_grad_input(grad, packed, scale, in_features, group_size)
-    if ctx.needs_input_grad[2]:
-        grad_scale = torch.ops.torch_ternary.linear_grad_scale(grad, x, packed, scale, in_features, group_size)
-    if has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad.reshape(-1, packed.shape[0]).sum(dim=0)
-    return grad_x, None, grad_scale, grad_bias, None, None, None
+    return (*ops._linear_backward(ctx, grad), None)
 
 
 linear_a8.register_autograd(_linear_a8_backward, setup_context=_linear_a8_setup)
