@@ -22,7 +22,8 @@
 #     echo /.gpu_deps/ >> .git/info/exclude
 #     python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux2014_x86_64 -d .gpu_deps diffusers==0.42.1      # 6.4 MB, pure Python
-#     # (add any other missing package the same way: its wheel, --no-deps, one version each)
+#     # (add any other missing package the same way: its wheel, --no-deps, one version each; the Mini
+#     # FLUX tests and GPU training also need transformers, tokenizers (binary, cp312) and regex)
 #     # device tool: run(command="bash benchmarks/run_gpu.sh", carry=[".gpu_deps"], timeout_s=600)
 #
 # This script installs the carried wheels (.gpu_deps/*.whl) with `pip install --no-index --no-deps
@@ -92,7 +93,10 @@ fi
 
 if want tests; then
     echo "== GPU tests"
-    "$PY" -m pytest -q tests -k "cuda or kernel" -rs --durations=15 > "$OUT/pytest_gpu.txt" 2>&1 || status=1
+    # a test module whose optional dependency the image lacks (Mini FLUX needs transformers + tokenizers)
+    # shows up as a collection error in the log instead of stopping every other GPU test
+    "$PY" -m pytest -q tests -k "cuda or kernel" -rs --durations=15 --continue-on-collection-errors \
+        > "$OUT/pytest_gpu.txt" 2>&1 || status=1
     tail -25 "$OUT/pytest_gpu.txt"
 fi
 
