@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from torch_ternary import ops, ops_a8, packing
-from torch_ternary.kernels import a8, decode, gemm, gemv, loader
+from torch_ternary.kernels import a8, common, decode, gemm, gemv, loader
 from torch_ternary.kernels.common import emulate_group_div
 from torch_ternary.quant_math import num_groups
 
@@ -87,7 +87,7 @@ class Harness:
         monkeypatch.setattr(loader, "ptr", ptr)
         monkeypatch.setattr(loader, "get_kernel", self.get_kernel)
         monkeypatch.setattr(loader, "launch", self.launch)
-        for mod in (gemv, gemm, decode, a8):
+        for mod in (common, decode, a8):  # gemv / gemm check through common.check_half_linear
             monkeypatch.setattr(mod, "check_cuda", lambda *t: None)
         monkeypatch.setattr(a8, "capability", lambda index: (9, 0))
         monkeypatch.setattr(a8, "device_index_of", lambda device: 0)
@@ -397,3 +397,28 @@ def test_launch_harness_catches_a_wrong_argument_type(harness, monkeypatch):
     monkeypatch.setattr(loader, "i32", lambda v: np.int64(v))
     with pytest.raises(AssertionError, match="the kernel takes int32"):
         decode.unpack_cuda(packed, 32)
+
+
+@pytest.mark.parametrize("wrapper", ["skinny", "fused", "decode_cublas"])
+def test_half_linear_wrappers_refuse_bad_activations(harness, wrapper):
+    """Every half-precision wrapper refuses fp32 activations and a wrong K before launching anything."""
+    from torch_ternary.errors import UnsupportedOperationError
+
+    packed, scale, gs, _ = make_weight(16, 64, "per_channel", 0, seed=3)
+    call = {"skinny": gemv.skinny_linear, "fused": gemm.fused_linear, "decode_cublas": gemm.decode_cublas_linear}[wrapper]
+    with pytest.raises(UnsupportedOperationError, match="bfloat16 / float16"):
+        call(torch.randn(2, 64), packed, scale, None, 64, gs)
+    if wrapper != "decode_cublas":  # F.linear checks the shape itself
+        for bad in (torch.randn(2, 63).half(), torch.randn(64).half()):
+            with pytest.raises(ValueError, match=r"x must be \[M, 64\]"):
+                call(bad, packed, scale, None, 64, gs)
+    assert harness.launches == []
+
+
+def test_half_linear_check_refuses_cpu_tensors():
+    from torch_ternary.errors import UnsupportedDeviceError
+    from torch_ternary.kernels.common import check_half_linear
+
+    packed, scale, _, _ = make_weight(16, 64, "per_channel", 0, seed=3)
+    with pytest.raises(UnsupportedDeviceError, match="one CUDA device"):
+        check_half_linear("skinny kernel", torch.randn(2, 64).half(), packed, scale, None, 64)

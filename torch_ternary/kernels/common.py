@@ -45,6 +45,27 @@ def check_cuda(*tensors: Optional[torch.Tensor]) -> None:
         )
 
 
+def check_half_linear(what: str, x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                      bias: Optional[torch.Tensor], in_features: Optional[int] = None) -> None:
+    """The checks every half-precision linear kernel makes before it launches.
+
+    Args:
+        what: the kernel's name, for the messages.
+        x: activations, bfloat16 / float16 ``[M, K]``; ``packed``, ``scale``, ``bias``: the weight's tensors.
+        in_features: ``K``; when given, ``x`` must be 2-D with ``K`` columns.
+
+    Raises:
+        UnsupportedDeviceError: a tensor not on one CUDA device of compute capability 8.0+.
+        UnsupportedOperationError: ``x.dtype`` not bfloat16 / float16.
+        ValueError: ``x`` not ``[M, in_features]``.
+    """
+    check_cuda(x, packed, scale, bias)
+    if x.dtype not in HALF_DTYPES:
+        raise UnsupportedOperationError(f"{what} takes bfloat16 / float16 activations, not {x.dtype}")
+    if in_features is not None and (x.dim() != 2 or x.shape[1] != in_features):
+        raise ValueError(f"{what}: x must be [M, {in_features}], got {tuple(x.shape)}")
+
+
 def group_div(words_per_group: int) -> tuple[int, int]:
     """``(shift, magic)`` with which the kernels compute ``kb // words_per_group`` (common.cuh ``GroupDiv``).
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..errors import UnsupportedOperationError
 from . import loader
-from .common import HALF_DTYPES, check_cuda, weight_args
+from .common import check_half_linear, weight_args
 from .decode import dequantize_cuda
 from .gemv import prepare_activations
 
@@ -39,9 +39,7 @@ def decode_cublas_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Ten
     Returns:
         ``x.dtype`` ``[M, N]``, the reference's arithmetic exactly (same weights, same matmul).
     """
-    check_cuda(x, packed, scale, bias)
-    if x.dtype not in HALF_DTYPES:
-        raise UnsupportedOperationError(f"decode + cuBLAS path takes bfloat16 / float16 activations, not {x.dtype}")
+    check_half_linear("decode + cuBLAS path", x, packed, scale, bias)
     w = dequantize_cuda(packed, scale, in_features, group_size, x.dtype)
     return F.linear(x, w, bias)
 
@@ -64,11 +62,7 @@ def fused_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bia
         UnsupportedDeviceError: a tensor not on one CUDA device of compute capability 8.0+.
         UnsupportedOperationError: ``x.dtype`` not bfloat16 / float16, or an unsupported group size.
     """
-    check_cuda(x, packed, scale, bias)
-    if x.dtype not in HALF_DTYPES:
-        raise UnsupportedOperationError(f"fused GEMM takes bfloat16 / float16 activations, not {x.dtype}")
-    if x.dim() != 2 or x.shape[1] != in_features:
-        raise ValueError(f"x must be [M, {in_features}], got {tuple(x.shape)}")
+    check_half_linear("fused GEMM", x, packed, scale, bias, in_features)
     packed = packed.contiguous()
     scale = scale.contiguous()
     wa = weight_args(packed, scale, in_features, group_size)

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import UnsupportedOperationError
 from . import loader
-from .common import HALF_DTYPES, check_cuda, weight_args
+from .common import check_half_linear, weight_args
 
 _SOURCE = "gemv.cu"
 _PREFIX = {torch.bfloat16: "tt_skinny_bf16", torch.float16: "tt_skinny_f16"}
@@ -63,11 +63,7 @@ def skinny_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bi
         UnsupportedDeviceError: a tensor not on one CUDA device of compute capability 8.0+.
         UnsupportedOperationError: ``x.dtype`` not bfloat16 / float16, or an unsupported group size.
     """
-    check_cuda(x, packed, scale, bias)
-    if x.dtype not in HALF_DTYPES:
-        raise UnsupportedOperationError(f"skinny kernel takes bfloat16 / float16 activations, not {x.dtype}")
-    if x.dim() != 2 or x.shape[1] != in_features:
-        raise ValueError(f"x must be [M, {in_features}], got {tuple(x.shape)}")
+    check_half_linear("skinny kernel", x, packed, scale, bias, in_features)
     if rows_per_warp not in (1, 2) or not 0 <= warps <= _MAX_WARPS:
         raise ValueError(f"rows_per_warp must be 1 or 2 and warps 0..{_MAX_WARPS}, got {rows_per_warp}, {warps}")
     packed = packed.contiguous()
