@@ -87,3 +87,53 @@ def test_gptq_init_starts_distillation_from_the_gptq_solution(tmp_path, pipe):
         CalibrationConfig(method="layerwise", gptq_init=True)
     with pytest.raises(TernaryConfigError, match="gptq_init"):
         CalibrationConfig(method="distill_qat", gptq_init=True, layerwise_init=False)
+
+
+def test_target_labels_the_states_the_pipeline_visits(tmp_path, pipe):
+    """With ``target``, x_t follow the sampling pipeline's transformer and the velocity is the target's."""
+    import copy
+
+    from torch_ternary import TernaryConfig, quantize_
+
+    student = copy.deepcopy(pipe.transformer)
+    quantize_(student, TernaryConfig())
+    student_pipe = copy.copy(pipe)
+    student_pipe.transformer = student
+    on = record_trajectories(student_pipe, PROMPTS[:2], tmp_path / "on", batch_size=2, progress=False,
+                             target=pipe.transformer, **FAST)
+    own = record_trajectories(student_pipe, PROMPTS[:2], tmp_path / "own", batch_size=2, progress=False, **FAST)
+    teacher = record_trajectories(pipe, PROMPTS[:2], tmp_path / "teacher", batch_size=2, progress=False, **FAST)
+    rows = torch.arange(8)
+    (k_on, v_on), (k_own, v_own), (k_t, _) = (TrajectoryDataset(f).take(TrajectoryDataset(f).shards[0], rows)
+                                              for f in (on, own, teacher))
+    torch.testing.assert_close(k_on["hidden_states"], k_own["hidden_states"], rtol=0, atol=0)  # the student's states
+    assert not torch.allclose(k_on["hidden_states"][4:], k_t["hidden_states"][4:], atol=1e-2)  # not the teacher's
+    with torch.no_grad():
+        torch.testing.assert_close(v_on, pipe.transformer(**k_on)[0], rtol=2e-3, atol=2e-3)  # teacher labels
+    assert not torch.allclose(v_on, v_own, atol=1e-2)
+    with pytest.raises(TrajectoryError, match="other prompts/settings"):  # a folder never mixes the two kinds
+        record_trajectories(student_pipe, PROMPTS[:2], tmp_path / "on", batch_size=2, progress=False, **FAST)
+    pooled = TrajectoryDataset([teacher, on])
+    assert len(pooled) == 16 and len(pooled.shards) == 2 and pooled.prompts == PROMPTS[:2] * 2
+    with pytest.raises(TrajectoryError):
+        TrajectoryDataset([])
+
+
+def test_on_policy_phase(tmp_path, pipe):
+    with pytest.raises(TernaryConfigError, match="both"):
+        CalibrationConfig(on_policy_prompts=2)
+    with pytest.raises(TernaryConfigError, match="distill"):
+        CalibrationConfig(method="layerwise", on_policy_prompts=2, on_policy_steps=2)
+    with pytest.raises(TernaryConfigError, match="inplace"):
+        calibrate(pipe, PROMPTS, tmp_path, CalibrationConfig(method="distill_scales", layerwise_init=False,
+                                                             on_policy_prompts=2, on_policy_steps=2), inplace=True)
+    cfg = CalibrationConfig(method="distill_qat", trajectory_batch=2, pipe_kwargs=FAST, layerwise_records=32,
+                            distill=DistillConfig(steps=2, batch_size=4, warmup=1, checkpoint_every=0),
+                            on_policy_prompts=2, on_policy_steps=2)
+    result = calibrate(pipe, PROMPTS, tmp_path, cfg)
+    manifest = json.loads((tmp_path / "trajectories_on_policy" / "manifest.json").read_text())
+    assert manifest["prompts"] == PROMPTS[:2] and manifest["labelled_by_target"]
+    assert (tmp_path / "distill_distill_qat_on_policy" / "distill.json").exists()
+    assert len(result.losses) == 2 and {"on_policy_trajectories", "on_policy_distill"} <= set(result.seconds)
+    assert not any("latent" in n for n, _ in result.transformer.named_parameters())
+    assert sum(isinstance(m.weight, TernaryTensor) for m in result.transformer.modules() if hasattr(m, "weight")) == 52

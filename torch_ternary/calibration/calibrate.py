@@ -11,7 +11,9 @@ Methods (each ends in the standard ternary format: no LoRA, no extra full-precis
 ==================  =====================================================================================
 
 Phases: record teacher trajectories (resumable, on disk) -> ternarize a copy of the transformer ->
-layer-wise calibration -> distillation -> export. ``inplace=True`` ternarizes the pipeline's own
+layer-wise calibration -> distillation -> (optionally) on-policy refinement: the student samples on
+prompts, the teacher labels every state it visits, and distillation continues on teacher and
+student states pooled -> export. ``inplace=True`` ternarizes the pipeline's own
 transformer after the trajectories are recorded instead of copying it (what a 12 B model needs;
 then the QAT and layer-wise methods, which need the full-precision weights, are not available).
 """
@@ -19,6 +21,7 @@ then the QAT and layer-wise methods, which need the full-precision weights, are 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,8 @@ from .trainable import export_ternary, make_trainable
 from .trajectories import TrajectoryDataset, record_trajectories
 
 METHODS = ("absmean", "layerwise", "layerwise_gptq", "distill_scales", "distill_qat")
+#: Added to ``CalibrationConfig.seed`` for the on-policy phase: its starting noise differs from the teacher's.
+ON_POLICY_SEED_OFFSET = 1_000_003
 
 
 @dataclass
@@ -53,6 +58,11 @@ class CalibrationConfig:
         gptq_init: with ``layerwise_init``, run that calibration with GPTQ error feedback.
         distill: distillation hyper-parameters.
         seed: seed of the teacher's starting noise.
+        on_policy_prompts: after distillation, the student samples the first this-many prompts (other
+            starting noise: seed + :data:`ON_POLICY_SEED_OFFSET`) and the teacher labels its states
+            (0: no on-policy phase).
+        on_policy_steps: distillation steps on the teacher and on-policy records pooled (same
+            hyper-parameters as ``distill`` otherwise, a fresh warm-up and cosine).
     """
 
     method: str = "distill_qat"
@@ -65,6 +75,8 @@ class CalibrationConfig:
     gptq_init: bool = False
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
+    on_policy_prompts: int = 0
+    on_policy_steps: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -75,6 +87,12 @@ class CalibrationConfig:
             raise TernaryConfigError("layer-wise calibration computes per-channel scales; use granularity='per_channel'")
         if self.gptq_init and not (self.method.startswith("distill") and self.layerwise_init):
             raise TernaryConfigError("gptq_init applies to distill methods with layerwise_init=True")
+        if self.on_policy_prompts < 0 or self.on_policy_steps < 0:
+            raise TernaryConfigError("on_policy_prompts and on_policy_steps must be >= 0")
+        if bool(self.on_policy_prompts) != bool(self.on_policy_steps):
+            raise TernaryConfigError("on-policy refinement needs both on_policy_prompts and on_policy_steps > 0")
+        if self.on_policy_prompts and not self.method.startswith("distill"):
+            raise TernaryConfigError("on-policy refinement applies to the distill methods")
 
 
 @dataclass
@@ -131,6 +149,9 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
     teacher = pipe.transformer
     needs_fp = cfg.method in ("layerwise", "layerwise_gptq", "distill_qat") or (
         cfg.method == "distill_scales" and cfg.layerwise_init)
+    if inplace and cfg.on_policy_prompts:
+        raise TernaryConfigError("on-policy refinement needs the full-precision teacher beside the student; "
+                                 "inplace=True is not possible")
     if inplace and needs_fp:
         raise TernaryConfigError(f"method {cfg.method!r} (with layerwise_init={cfg.layerwise_init}) needs the "
                                  "full-precision transformer beside the student; inplace=True is not possible")
@@ -166,8 +187,31 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
         p.requires_grad_(False)
     make_trainable(student, latent_from=teacher if cfg.method == "distill_qat" else None)
     result.losses = distill(student, data, cfg.distill, checkpoint_dir=workdir / f"distill_{cfg.method}", log=log)
-    export_ternary(student)
     seconds["distill"] = time.time() - t0
+    if cfg.on_policy_prompts:
+        result.losses += _on_policy(pipe, student, teacher, prompts, data, workdir, cfg, seconds, log)
+    export_ternary(student)
     if log:
         log({"phase": "done", "distill": config_dict(cfg.distill), **result.summary()})
     return result
+
+
+def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str], data: TrajectoryDataset,
+               workdir: Path, cfg: CalibrationConfig, seconds: dict, log) -> list[float]:
+    """The student samples, the teacher labels its states; distillation goes on over both record sets."""
+    t0 = time.time()
+    student.eval()
+    student_pipe = copy.copy(pipe)  # shares encoders, scheduler, VAE; only the transformer differs
+    student_pipe.transformer = student
+    folder = record_trajectories(student_pipe, list(prompts[:cfg.on_policy_prompts]), workdir / "trajectories_on_policy",
+                                 batch_size=cfg.trajectory_batch, seed=cfg.seed + ON_POLICY_SEED_OFFSET,
+                                 storage_dtype=cfg.storage_dtype, target=teacher, **cfg.pipe_kwargs)
+    pooled = TrajectoryDataset([workdir / "trajectories", folder], device=data.device, dtype=data.dtype)
+    seconds["on_policy_trajectories"] = time.time() - t0
+    if log:
+        log({"phase": "on_policy", "records_teacher": len(data), "records_pooled": len(pooled)})
+    t0 = time.time()
+    refine = dataclasses.replace(cfg.distill, steps=cfg.on_policy_steps, seed=cfg.distill.seed + 1)
+    losses = distill(student, pooled, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log)
+    seconds["on_policy_distill"] = time.time() - t0
+    return losses

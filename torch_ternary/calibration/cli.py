@@ -35,6 +35,10 @@ def add_parser(sub) -> None:
     c.add_argument("--scale-lr", type=float, default=1e-3, help="peak learning rate of scales")
     c.add_argument("--no-layerwise-init", action="store_true", help="start distillation from absmean codes")
     c.add_argument("--gptq-init", action="store_true", help="start distillation from GPTQ layer-wise calibration")
+    c.add_argument("--on-policy-prompts", type=int, default=0,
+                   help="after distillation, prompts the student samples for teacher-labelled on-policy records (default 0: none)")
+    c.add_argument("--on-policy-steps", type=int, default=0,
+                   help="distillation steps on teacher + on-policy records pooled")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -70,7 +74,7 @@ def cmd_calibrate(args) -> int:
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
         method=args.method, pipe_kwargs=pipe_kwargs, layerwise_init=not args.no_layerwise_init,
-        gptq_init=args.gptq_init,
+        gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
                               autocast_bf16=args.bf16),
     )
@@ -78,7 +82,8 @@ def cmd_calibrate(args) -> int:
     result = calibrate(pipe, prompts, args.workdir, cfg, log=log)
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
-               "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init, "losses": result.losses}
+               "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init,
+               "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps}, "losses": result.losses}
     atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s)")
     return 0

@@ -4,13 +4,16 @@
 own sampler and guidance on batches of prompts and records every transformer call through a
 forward hook: the noisy latents ``x_t``, the timestep, the text conditioning and the teacher's
 velocity. With true classifier-free guidance both the conditional and the unconditional calls are
-recorded. Each prompt batch becomes one shard ``traj-XXXXX.safetensors``:
+recorded. With ``target=`` another transformer labels the calls instead: the pipeline samples with
+its own transformer (e.g. the ternary student) while the recorded velocity is the target's (the
+teacher's) at those same inputs — *on-policy* records, the states the student actually visits.
+Each prompt batch becomes one shard ``traj-XXXXX.safetensors``:
 
 =====================  =======================  =================================================
 key                    dtype, shape             content
 =====================  =======================  =================================================
 ``hidden_states``      storage ``[S, L, C]``    ``x_t`` of each recorded call and batch row
-``velocity``           storage ``[S, L, C]``    the teacher's output for it
+``velocity``           storage ``[S, L, C]``    the teacher's (or ``target``'s) output for it
 ``timestep``           float32 ``[S]``          the transformer's ``timestep`` input (sigma)
 ``guidance``           float32 ``[S]``          (guidance-distilled models only)
 ``text_index``         int64 ``[S]``            row of the text tensors below
@@ -44,12 +47,16 @@ class TrajectoryError(TernaryError, ValueError):
 
 
 class _CallRecorder:
-    """Forward hook (with kwargs) collecting the transformer's inputs and outputs."""
+    """Forward hook (with kwargs) collecting the transformer's inputs and outputs (or ``target``'s outputs)."""
 
-    def __init__(self):
+    def __init__(self, target=None):
         self.records: list[dict] = []
+        self.target = target
 
     def __call__(self, module, args, kwargs, output):
+        if self.target is not None:
+            with torch.no_grad():
+                output = self.target(*args, **kwargs)
         out = output[0] if isinstance(output, (tuple, list)) else output.sample
         self.records.append({
             "hidden_states": kwargs["hidden_states"].detach().cpu(),
@@ -98,17 +105,19 @@ def _shard_tensors(records: list[dict], dtype: torch.dtype) -> dict[str, torch.T
 
 def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_size: int = 16, seed: int = 0,
                         storage_dtype: torch.dtype = torch.float16, resume: bool = True, progress: bool = True,
-                        **pipe_kwargs) -> Path:
+                        target=None, **pipe_kwargs) -> Path:
     """Run ``pipe`` on ``prompts`` and record every transformer call to sharded safetensors.
 
     Args:
-        pipe: a diffusers ``FluxPipeline`` (full precision: the teacher).
+        pipe: a diffusers ``FluxPipeline`` (full precision: the teacher; or the student, with ``target``).
         prompts: text prompts; prompt ``i`` uses seed ``seed + i`` for its starting noise.
         out_dir: folder for ``manifest.json`` and the shards.
         batch_size: prompts per pipeline call (= per shard).
         storage_dtype: dtype of the stored latents, velocities and text tensors.
         resume: skip shards already listed in the manifest (the prompt list must match).
         progress: show a tqdm bar over shards.
+        target: a transformer taking the same inputs (the teacher) whose output is recorded as the
+            velocity instead of ``pipe.transformer``'s; ``None`` records ``pipe.transformer``'s own.
         **pipe_kwargs: passed to the pipeline call (steps, guidance, size, ...).
 
     Returns:
@@ -119,19 +128,21 @@ def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_siz
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    manifest = {"prompts": list(prompts), "batch_size": batch_size, "seed": seed, "shards": [],
+    manifest = {"prompts": list(prompts), "batch_size": batch_size, "seed": seed, "shards": [], "labelled_by_target": target is not None,
                 "pipe_kwargs": {k: v for k, v in pipe_kwargs.items() if isinstance(v, (int, float, str, bool))}}
     if resume and manifest_path.exists():
         old = json.loads(manifest_path.read_text())
-        if old.get("prompts") != manifest["prompts"] or old.get("batch_size") != batch_size or old.get("seed") != seed:
+        if (old.get("prompts") != manifest["prompts"] or old.get("batch_size") != batch_size or old.get("seed") != seed
+                or old.get("labelled_by_target", False) != manifest["labelled_by_target"]):
             raise TrajectoryError(f"{out} holds trajectories of other prompts/settings; use another folder or resume=False")
         manifest["shards"] = [s for s in old["shards"] if (out / s["file"]).exists()]
     done = {s["first_prompt"] for s in manifest["shards"]}
     starts = [i for i in range(0, len(prompts), batch_size) if i not in done]
-    recorder = _CallRecorder()
+    recorder = _CallRecorder(target)
     handle = pipe.transformer.register_forward_hook(recorder, with_kwargs=True)
     try:
-        for i in tqdm(starts, desc="teacher trajectories", unit="shard", disable=not progress):
+        desc = "on-policy trajectories" if target is not None else "teacher trajectories"
+        for i in tqdm(starts, desc=desc, unit="shard", disable=not progress):
             batch = prompts[i:i + batch_size]
             gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
             recorder.records.clear()
@@ -152,23 +163,28 @@ class TrajectoryDataset:
     """Random mini-batches of recorded transformer calls, all shards held in memory (as stored).
 
     Args:
-        folder: a folder written by :func:`record_trajectories` (complete).
+        folder: a folder written by :func:`record_trajectories` (complete), or a list of such folders
+            (their shards are pooled: e.g. teacher and on-policy records).
         device: where batches go. dtype: the float dtype of returned inputs and targets.
     """
 
-    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        folder = Path(folder)
-        if not (folder / MANIFEST).exists():
-            raise TrajectoryError(f"{folder}: no {MANIFEST}; record trajectories first")
-        manifest = json.loads((folder / MANIFEST).read_text())
-        expected = -(-len(manifest["prompts"]) // manifest["batch_size"])
-        present = [s for s in manifest["shards"] if (folder / s["file"]).exists()]
-        if len(present) != expected:
-            raise TrajectoryError(f"{folder}: {len(present)} of {expected} shards recorded; resume the recording")
+    def __init__(self, folder: str | Path | list, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        folders = [Path(f) for f in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
+        if not folders:
+            raise TrajectoryError("no trajectory folder given")
         self.device, self.dtype = torch.device(device), dtype
-        self.shards = [load_file(str(folder / s["file"])) for s in sorted(manifest["shards"], key=lambda s: s["first_prompt"])]
+        self.shards, self.prompts = [], []
+        for folder in folders:
+            if not (folder / MANIFEST).exists():
+                raise TrajectoryError(f"{folder}: no {MANIFEST}; record trajectories first")
+            manifest = json.loads((folder / MANIFEST).read_text())
+            expected = -(-len(manifest["prompts"]) // manifest["batch_size"])
+            present = [s for s in manifest["shards"] if (folder / s["file"]).exists()]
+            if len(present) != expected:
+                raise TrajectoryError(f"{folder}: {len(present)} of {expected} shards recorded; resume the recording")
+            self.shards += [load_file(str(folder / s["file"])) for s in sorted(present, key=lambda s: s["first_prompt"])]
+            self.prompts += manifest["prompts"]
         self.sizes = np.array([s["timestep"].shape[0] for s in self.shards])
-        self.prompts = manifest["prompts"]
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
