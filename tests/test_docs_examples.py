@@ -136,3 +136,4 @@ def test_cli_md_examples(workspace, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
     assert run_shell_blocks(blocks(ROOT / "docs" / "cli.md"), "docs/cli.md", capsys) >= 10
     assert (workspace / "fox.png").is_file() and (workspace / "transformer-ternary.safetensors").is_file()
+    assert (workspace / "mini-gptq.safetensors").is_file() and (workspace / "mini-gptq.json").is_file()
