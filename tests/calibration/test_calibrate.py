@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from torch_ternary import TernaryConfigError, TernaryTensor
 from torch_ternary.calibration import (
@@ -119,21 +120,34 @@ def test_target_labels_the_states_the_pipeline_visits(tmp_path, pipe):
         TrajectoryDataset([])
 
 
-def test_on_policy_phase(tmp_path, pipe):
+def test_on_policy_phase(tmp_path, pipe, monkeypatch):
+    import importlib
+
+    cal = importlib.import_module("torch_ternary.calibration.calibrate")  # the package attribute is the function
+
+    phases = []
+    real_distill = cal.distill
+    monkeypatch.setattr(cal, "distill", lambda student, data, c, **kw: phases.append(c) or real_distill(student, data, c, **kw))
     with pytest.raises(TernaryConfigError, match="both"):
         CalibrationConfig(on_policy_prompts=2)
     with pytest.raises(TernaryConfigError, match="distill"):
         CalibrationConfig(method="layerwise", on_policy_prompts=2, on_policy_steps=2)
+    with pytest.raises(TernaryConfigError, match="lr_factor"):
+        CalibrationConfig(on_policy_prompts=2, on_policy_steps=2, on_policy_lr_factor=0.0)
     with pytest.raises(TernaryConfigError, match="inplace"):
         calibrate(pipe, PROMPTS, tmp_path, CalibrationConfig(method="distill_scales", layerwise_init=False,
                                                              on_policy_prompts=2, on_policy_steps=2), inplace=True)
     cfg = CalibrationConfig(method="distill_qat", trajectory_batch=2, pipe_kwargs=FAST, layerwise_records=32,
                             distill=DistillConfig(steps=2, batch_size=4, warmup=1, checkpoint_every=0),
-                            on_policy_prompts=2, on_policy_steps=2)
+                            on_policy_prompts=2, on_policy_steps=2, on_policy_lr_factor=0.5)
     result = calibrate(pipe, PROMPTS, tmp_path, cfg)
     manifest = json.loads((tmp_path / "trajectories_on_policy" / "manifest.json").read_text())
     assert manifest["prompts"] == PROMPTS[:2] and manifest["labelled_by_target"]
     assert (tmp_path / "distill_distill_qat_on_policy" / "distill.json").exists()
+    opt_state = load_file(str(tmp_path / "distill_distill_qat_on_policy" / "distill.safetensors"))
+    assert any(k.endswith(".latent.exp_avg") for k in opt_state)  # QAT latents kept training in this phase
     assert len(result.losses) == 2 and {"on_policy_trajectories", "on_policy_distill"} <= set(result.seconds)
+    assert [c.steps for c in phases] == [2, 2]
+    assert phases[1].lr == pytest.approx(0.5 * phases[0].lr) and phases[1].scale_lr == pytest.approx(0.5 * phases[0].scale_lr)
     assert not any("latent" in n for n, _ in result.transformer.named_parameters())
     assert sum(isinstance(m.weight, TernaryTensor) for m in result.transformer.modules() if hasattr(m, "weight")) == 52

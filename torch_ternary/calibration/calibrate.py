@@ -63,6 +63,7 @@ class CalibrationConfig:
             (0: no on-policy phase).
         on_policy_steps: distillation steps on the teacher and on-policy records pooled (same
             hyper-parameters as ``distill`` otherwise, a fresh warm-up and cosine).
+        on_policy_lr_factor: multiplies both peak learning rates of that phase.
     """
 
     method: str = "distill_qat"
@@ -77,6 +78,7 @@ class CalibrationConfig:
     seed: int = 0
     on_policy_prompts: int = 0
     on_policy_steps: int = 0
+    on_policy_lr_factor: float = 1.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -89,6 +91,8 @@ class CalibrationConfig:
             raise TernaryConfigError("gptq_init applies to distill methods with layerwise_init=True")
         if self.on_policy_prompts < 0 or self.on_policy_steps < 0:
             raise TernaryConfigError("on_policy_prompts and on_policy_steps must be >= 0")
+        if not self.on_policy_lr_factor > 0:
+            raise TernaryConfigError(f"on_policy_lr_factor must be > 0, got {self.on_policy_lr_factor}")
         if bool(self.on_policy_prompts) != bool(self.on_policy_steps):
             raise TernaryConfigError("on-policy refinement needs both on_policy_prompts and on_policy_steps > 0")
         if self.on_policy_prompts and not self.method.startswith("distill"):
@@ -211,7 +215,9 @@ def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str],
     if log:
         log({"phase": "on_policy", "records_teacher": len(data), "records_pooled": len(pooled)})
     t0 = time.time()
-    refine = dataclasses.replace(cfg.distill, steps=cfg.on_policy_steps, seed=cfg.distill.seed + 1)
+    f = cfg.on_policy_lr_factor
+    refine = dataclasses.replace(cfg.distill, steps=cfg.on_policy_steps, seed=cfg.distill.seed + 1,
+                                 lr=cfg.distill.lr * f, scale_lr=cfg.distill.scale_lr * f)
     losses = distill(student, pooled, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log)
     seconds["on_policy_distill"] = time.time() - t0
     return losses

@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
                    help="after distillation, prompts the student samples for teacher-labelled on-policy records (default 0: none)")
     c.add_argument("--on-policy-steps", type=int, default=0,
                    help="distillation steps on teacher + on-policy records pooled")
+    c.add_argument("--on-policy-lr-factor", type=float, default=1.0,
+                   help="multiplies both peak learning rates in the on-policy phase (default 1)")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -75,6 +77,7 @@ def cmd_calibrate(args) -> int:
     cfg = CalibrationConfig(
         method=args.method, pipe_kwargs=pipe_kwargs, layerwise_init=not args.no_layerwise_init,
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
+        on_policy_lr_factor=args.on_policy_lr_factor,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
                               autocast_bf16=args.bf16),
     )
@@ -83,7 +86,8 @@ def cmd_calibrate(args) -> int:
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
                "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init,
-               "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps}, "losses": result.losses}
+               "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps,
+                                                  "lr_factor": cfg.on_policy_lr_factor}, "losses": result.losses}
     atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s)")
     return 0
