@@ -25,6 +25,7 @@ from common import write_results  # noqa: E402
 from torch_ternary.mini import load_pipeline, score  # noqa: E402
 from torch_ternary.mini.grammar import sample_training_caption  # noqa: E402
 from torch_ternary.mini.pipeline import META_FILE  # noqa: E402
+from torch_ternary.serialization import atomic_write  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         meta_path = Path(args.weights) / META_FILE
         meta = json.loads(meta_path.read_text())
         meta["sampling"] = {k: best[k] for k in ("true_cfg_scale", "num_inference_steps", "scheduler_shift")}
-        meta_path.write_text(json.dumps(meta, indent=2))
+        atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
         print(f"wrote sampling {meta['sampling']} to {meta_path}")
 
 

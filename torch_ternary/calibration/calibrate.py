@@ -202,7 +202,8 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
 
 def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str], data: TrajectoryDataset,
                workdir: Path, cfg: CalibrationConfig, seconds: dict, log) -> list[float]:
-    """The student samples, the teacher labels its states; distillation goes on over both record sets."""
+    """The student samples, the teacher labels its states; distillation goes on over both record sets
+    (``data``, the teacher's records, is extended in place with the on-policy ones)."""
     t0 = time.time()
     student.eval()
     student_pipe = copy.copy(pipe)  # shares encoders, scheduler, VAE; only the transformer differs
@@ -210,14 +211,15 @@ def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str],
     folder = record_trajectories(student_pipe, list(prompts[:cfg.on_policy_prompts]), workdir / "trajectories_on_policy",
                                  batch_size=cfg.trajectory_batch, seed=cfg.seed + ON_POLICY_SEED_OFFSET,
                                  storage_dtype=cfg.storage_dtype, target=teacher, **cfg.pipe_kwargs)
-    pooled = TrajectoryDataset([workdir / "trajectories", folder], device=data.device, dtype=data.dtype)
+    records_teacher = len(data)
+    data.extend(folder)  # the teacher records stay loaded; only the new folder is read
     seconds["on_policy_trajectories"] = time.time() - t0
     if log:
-        log({"phase": "on_policy", "records_teacher": len(data), "records_pooled": len(pooled)})
+        log({"phase": "on_policy", "records_teacher": records_teacher, "records_pooled": len(data)})
     t0 = time.time()
     f = cfg.on_policy_lr_factor
     refine = dataclasses.replace(cfg.distill, steps=cfg.on_policy_steps, seed=cfg.distill.seed + 1,
                                  lr=cfg.distill.lr * f, scale_lr=cfg.distill.scale_lr * f)
-    losses = distill(student, pooled, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log)
+    losses = distill(student, data, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log)
     seconds["on_policy_distill"] = time.time() - t0
     return losses

@@ -169,21 +169,26 @@ class TrajectoryDataset:
     """
 
     def __init__(self, folder: str | Path | list, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        folders = [Path(f) for f in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
+        folders = list(folder) if isinstance(folder, (list, tuple)) else [folder]
         if not folders:
             raise TrajectoryError("no trajectory folder given")
         self.device, self.dtype = torch.device(device), dtype
         self.shards, self.prompts = [], []
-        for folder in folders:
-            if not (folder / MANIFEST).exists():
-                raise TrajectoryError(f"{folder}: no {MANIFEST}; record trajectories first")
-            manifest = json.loads((folder / MANIFEST).read_text())
-            expected = -(-len(manifest["prompts"]) // manifest["batch_size"])
-            present = [s for s in manifest["shards"] if (folder / s["file"]).exists()]
-            if len(present) != expected:
-                raise TrajectoryError(f"{folder}: {len(present)} of {expected} shards recorded; resume the recording")
-            self.shards += [load_file(str(folder / s["file"])) for s in sorted(present, key=lambda s: s["first_prompt"])]
-            self.prompts += manifest["prompts"]
+        for f in folders:
+            self.extend(f)
+
+    def extend(self, folder: str | Path) -> None:
+        """Pool the records of another complete folder with those already loaded (which are not read again)."""
+        folder = Path(folder)
+        if not (folder / MANIFEST).exists():
+            raise TrajectoryError(f"{folder}: no {MANIFEST}; record trajectories first")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        expected = -(-len(manifest["prompts"]) // manifest["batch_size"])
+        present = [s for s in manifest["shards"] if (folder / s["file"]).exists()]
+        if len(present) != expected:
+            raise TrajectoryError(f"{folder}: {len(present)} of {expected} shards recorded; resume the recording")
+        self.shards += [load_file(str(folder / s["file"])) for s in sorted(present, key=lambda s: s["first_prompt"])]
+        self.prompts += manifest["prompts"]
         self.sizes = np.array([s["timestep"].shape[0] for s in self.shards])
 
     def __len__(self) -> int:

@@ -53,6 +53,7 @@ class Trainer:
             transformer=FluxTransformer2DModel(**TRANSFORMER_CONFIG), text_encoder=build_clip(), text_encoder_2=build_t5()
         )).to(self.device).train()
         self.ema = {k: v.detach().clone() for k, v in self.models.state_dict().items()}
+        self._bind_ema()
         decay, no_decay = [], []
         for name, p in self.models.named_parameters():
             (no_decay if p.dim() < 2 or "norm" in name or "embed" in name else decay).append(p)
@@ -65,6 +66,14 @@ class Trainer:
         self.vae = PixelSpaceVAE(scaling_factor=self.vae_scaling, shift_factor=self.vae_shift)
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, 8, 8, self.device, torch.float32)
         self.txt_ids = torch.zeros(MAX_TOKENS, 3, device=self.device)
+
+    def _bind_ema(self) -> None:
+        """Pair every EMA tensor with the live tensor it follows, once: the optimizer and ``load_state_dict``
+        update the live tensors in place, so the pairs hold for the whole run (rebound when ``self.ema`` is replaced)."""
+        state = self.models.state_dict()
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        self._ema_floats = ([self.ema[k] for k in floats], [state[k] for k in floats])
+        self._ema_others = [(self.ema[k], v) for k, v in state.items() if not v.dtype.is_floating_point]
 
     def _latent_statistics(self) -> tuple[float, float]:
         """Shift and scale that give the pixel latents zero mean and unit variance (fixed data, seed 1234)."""
@@ -117,12 +126,9 @@ class Trainer:
         self.opt.step()
         decay = min(self.args.ema, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
-            state = self.models.state_dict()
-            floats = [k for k, v in state.items() if v.dtype.is_floating_point]
-            torch._foreach_lerp_([self.ema[k] for k in floats], [state[k] for k in floats], 1 - decay)
-            for k, v in state.items():
-                if not v.dtype.is_floating_point:
-                    self.ema[k].copy_(v)
+            torch._foreach_lerp_(*self._ema_floats, 1 - decay)
+            for ema, live in self._ema_others:
+                ema.copy_(live)
         self.step += 1
         return float(loss.detach())
 
@@ -174,6 +180,7 @@ class Trainer:
         state = json.loads((out / CHECKPOINT_STATE).read_text())
         self.models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
+        self._bind_ema()
         for name, p in self.models.named_parameters():
             st = {key.split(".")[-1]: v for key, v in tensors.items() if key.startswith(f"opt.{name}.")}
             if st:
@@ -268,11 +275,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    training_device(args.device)  # fail before any work
+    device = training_device(args.device)  # fail before any work
     tuner = None
     if args.threads:
         torch.set_num_threads(args.threads)
-    elif torch.device(args.device).type == "cpu":
+    elif device.type == "cpu":
         tuner = ThreadTuner()
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args)
