@@ -1,4 +1,4 @@
-"""Mini FLUX's model side: tokenizers, pixel-space VAE, the FluxPipeline wrapper, the trainer."""
+"""Mini FLUX's model side: tokenizers, pixel-space VAE, the FluxPipeline wrapper."""
 
 import numpy as np
 import pytest
@@ -45,54 +45,3 @@ def test_generate_shapes_and_determinism():
     b = generate(pipe, ["a red circle", "two squares"], [0, 1])
     assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a[0], a[1])
-
-
-def test_trainer_resume_is_exact(tmp_path):
-    from torch_ternary.mini.train import Trainer, parse_args
-
-    args = parse_args(["--out", str(tmp_path), "--batch", "4", "--steps", "4", "--warmup", "2", "--threads", "1"])
-    straight = Trainer(args)
-    losses = [straight.train_step() for _ in range(4)]
-    first = Trainer(args)
-    [first.train_step() for _ in range(2)]
-    first.save_checkpoint(tmp_path)
-    resumed = Trainer(args)
-    resumed.load_checkpoint(tmp_path)
-    assert resumed.step == 2
-    assert [resumed.train_step() for _ in range(2)] == losses[2:]
-    for k, v in straight.ema.items():
-        assert torch.equal(resumed.ema[k], v), k
-    resumed.save_weights(tmp_path / "w")
-    from torch_ternary.mini.pipeline import load_pipeline
-
-    pipe = load_pipeline(path=tmp_path / "w")
-    assert generate(pipe, ["a circle"], [0]).shape == (1, 32, 32, 3)
-
-
-def test_training_device_is_checked():
-    from torch_ternary.errors import UnsupportedDeviceError
-    from torch_ternary.mini.train import main, training_device
-
-    assert training_device("cpu") == torch.device("cpu")
-    for bad in ("meta", "tpu0", "mps"):
-        with pytest.raises(UnsupportedDeviceError):
-            training_device(bad)
-    if not torch.cuda.is_available():
-        with pytest.raises(UnsupportedDeviceError, match="CUDA"):
-            main(["--out", "/nonexistent/never-created", "--device", "cuda"])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_trainer_on_cuda_resumes_on_cpu(tmp_path):
-    from torch_ternary.mini.train import Trainer, parse_args
-
-    common = ["--out", str(tmp_path), "--batch", "4", "--steps", "4", "--warmup", "2", "--threads", "1"]
-    gpu = Trainer(parse_args(common + ["--device", "cuda"]))
-    assert all(torch.isfinite(torch.tensor(gpu.train_step())) for _ in range(2))
-    gpu.save_checkpoint(tmp_path)
-    cpu = Trainer(parse_args(common))
-    cpu.load_checkpoint(tmp_path)
-    assert cpu.step == 2 and all(v.device.type == "cpu" for v in cpu.ema.values())
-    for k, v in gpu.ema.items():
-        torch.testing.assert_close(cpu.ema[k], v.cpu(), rtol=0, atol=0)
-    cpu.train_step()

@@ -1,7 +1,6 @@
 """The shipped Mini FLUX weights (package data): size, loading, and that they still draw what they are asked."""
 
 import pytest
-import torch
 
 from torch_ternary import TernaryTensor
 from torch_ternary.mini import CATEGORIES, evaluation_prompts, load_pipeline, score
@@ -21,7 +20,7 @@ def test_full_precision_pipeline_draws_the_prompts():
     pipe = load_pipeline()
     assert not any(isinstance(p, TernaryTensor) for p in pipe.transformer.parameters())
     result = score(pipe, SMOKE_PROMPTS, [0])
-    assert result["n"] == 12 and result["overall"] >= 0.6, result  # measured 9/12 (torch 2.13 CPU)
+    assert result["n"] == 12 and result["overall"] >= 0.6, result  # measured 8/12 (torch 2.13 CPU)
 
 
 def test_ternary_pipeline_is_ternary_and_draws_the_prompts():

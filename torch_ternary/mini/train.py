@@ -1,18 +1,23 @@
 """Train Mini FLUX from scratch with rectified flow, as FLUX is trained. Seeded and resumable.
 
-    python -m torch_ternary.mini.train --out runs/mini --steps 15000     # ~2 h on 2 CPU cores
-    python -m torch_ternary.mini.train --out runs/mini --device cuda --batch 256 --steps 20000
+    python -m torch_ternary.mini.train --out runs/mini --steps 10000                       # 108 min on 2 CPU cores
+    python -m torch_ternary.mini.train --out runs/mini --resume --steps 13500 --schedule-start 10000 \
+        --lr 2e-4 --warmup 100 --timestep-shift 3                                          # +38 min: the shipped recipe
+    python -m torch_ternary.mini.train --out runs/mini --device cuda --batch 256 --steps 20000 --timestep-shift 3
 
 Every step renders a fresh batch of the procedural world (``torch_ternary.mini.world``) with
 captions from the grammar (evaluation prompts held out), encodes the captions with the tiny
 CLIP and T5 encoders (trained jointly), and regresses the transformer's velocity onto
-``noise - x0`` at ``x_t = (1 - t) x0 + t noise``, ``t = sigmoid(N(0, 1))``. Captions are dropped
+``noise - x0`` at ``x_t = (1 - t) x0 + t noise``, ``t = sigmoid(N(0, 1))`` optionally shifted
+towards high noise (``--timestep-shift``, the map FLUX's scheduler applies). Captions are dropped
 to the empty prompt 10 % of the time so that classifier-free guidance works at sampling time.
 Forward passes run under bf16 autocast (weights, optimizer and loss stay float32). An EMA of the
 weights is what gets saved. Checkpoints (safetensors + JSON, nothing pickled) every few minutes
-make the run resumable with ``--resume`` (also across devices: checkpoints hold CPU tensors).
-``--device cuda`` trains on a GPU; the data is still rendered by numpy on the CPU (about 0.1 ms an
-image, far from the bottleneck).
+make the run resumable with ``--resume`` (also across devices: checkpoints hold CPU tensors); a
+resumed run may start a new phase (``--schedule-start``: a fresh warm-up and cosine from that
+step to ``--steps``), and every phase is recorded in the weights' metadata. ``--until`` stops early
+without changing the schedule. ``--device cuda`` trains on a GPU; the data is still rendered by
+numpy on the CPU (about 0.1 ms an image, far from the bottleneck).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Trainer:
         self.tok_clip, self.tok_t5 = build_tokenizer(with_bos=True), build_tokenizer(with_bos=False)
         self.step = 0
         self.seconds = 0.0
+        self.phases: list[dict] = []  # one entry per (re)start with new schedule settings, see note_phase
         self.vae_shift, self.vae_scaling = self._latent_statistics()
         self.vae = PixelSpaceVAE(scaling_factor=self.vae_scaling, shift_factor=self.vae_shift)
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, 8, 8, self.device, torch.float32)
@@ -98,7 +104,7 @@ class Trainer:
     def loss(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
         b = x.shape[0]
         latents = FluxPipeline._pack_latents(self.vae.encode(x), b, 12, 16, 16)  # [B, 64, 48]
-        t = torch.sigmoid(torch.randn(b, device=self.device))
+        t = shifted_timesteps(torch.sigmoid(torch.randn(b, device=self.device)), self.args.timestep_shift)
         noise = torch.randn_like(latents)
         x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
@@ -109,10 +115,12 @@ class Trainer:
         return torch.nn.functional.mse_loss(pred.float(), noise - latents)
 
     def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine decay to ``final_lr_fraction``, both counted from ``--schedule-start``."""
         a = self.args
+        step = max(0, step - a.schedule_start)
         if step < a.warmup:
             return a.lr * (step + 1) / a.warmup
-        progress = (step - a.warmup) / max(1, a.steps - a.warmup)
+        progress = (step - a.warmup) / max(1, a.steps - a.schedule_start - a.warmup)
         return a.lr * (a.final_lr_fraction + (1 - a.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def train_step(self) -> float:
@@ -143,6 +151,13 @@ class Trainer:
         return build_pipeline(**models, vae_scaling=self.vae_scaling, vae_shift=self.vae_shift,
                               sampling=dict(true_cfg_scale=self.args.cfg))
 
+    def note_phase(self) -> None:
+        """Record the schedule this (re)start trains with, when it differs from the last recorded one."""
+        rec = _phase_record(self.args, self.step)
+        if not self.phases or {k: v for k, v in self.phases[-1].items() if k != "from_step"} != \
+                {k: v for k, v in rec.items() if k != "from_step"}:
+            self.phases.append(rec)
+
     def save_weights(self, out: Path) -> None:
         """The EMA weights as float16 safetensors plus the metadata JSON (what ships as package data)."""
         out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +166,7 @@ class Trainer:
         meta = {"vae_scaling": self.vae_scaling, "vae_shift": self.vae_shift,
                 "sampling": {"num_inference_steps": 20, "true_cfg_scale": self.args.cfg, "scheduler_shift": 1.0},
                 "training": {"steps": self.step, "batch": self.args.batch, "seed": self.args.seed, "lr": self.args.lr,
-                             "seconds": round(self.seconds), "bf16_autocast": self.args.bf16}}
+                             "seconds": round(self.seconds), "bf16_autocast": self.args.bf16, "phases": self.phases}}
         atomic_write(out / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
 
     def save_checkpoint(self, out: Path) -> None:
@@ -165,7 +180,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"step": self.step, "seconds": self.seconds, "numpy_rng": self.rng.bit_generator.state,
+        state = {"step": self.step, "seconds": self.seconds, "numpy_rng": self.rng.bit_generator.state, "phases": self.phases,
                  "vae_shift": self.vae_shift, "vae_scaling": self.vae_scaling,
                  "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}
         seen: set[int] = set()  # tied weights (T5's shared embedding) are stored as separate copies
@@ -191,8 +206,24 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.rng.bit_generator.state = state["numpy_rng"]
         self.step, self.seconds = state["step"], state["seconds"]
+        self.phases = state.get("phases") or [_phase_record(argparse.Namespace(**state["args"]), 0)]
         self.vae_shift, self.vae_scaling = state["vae_shift"], state["vae_scaling"]
         self.vae = PixelSpaceVAE(scaling_factor=self.vae_scaling, shift_factor=self.vae_shift)
+
+
+def shifted_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """``t``: float ``[B]`` in (0, 1) -> ``shift * t / (1 + (shift - 1) * t)``, the map FLUX's scheduler applies.
+
+    A shift above 1 moves training towards high noise, where a sample's layout is decided
+    (``shift=3`` sends 14 % of the steps above t = 0.9 instead of 1.4 % for the plain logit-normal).
+    """
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
+def _phase_record(args: argparse.Namespace, from_step: int) -> dict:
+    keys = ("steps", "lr", "warmup", "final_lr_fraction", "schedule_start", "timestep_shift", "caption_dropout", "batch")
+    defaults = dict(schedule_start=0, timestep_shift=1.0)
+    return {"from_step": from_step, **{k: getattr(args, k, defaults.get(k)) for k in keys}}
 
 
 def training_device(device: str | torch.device) -> torch.device:
@@ -257,6 +288,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--final-lr-fraction", type=float, default=0.05)
     p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--schedule-start", type=int, default=0,
+                   help="step the warm-up + cosine schedule starts from (a new phase of a resumed run)")
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="train on shift*t/(1+(shift-1)*t) of the logit-normal t (more high-noise steps above 1)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
@@ -267,6 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=1000, help="steps between quick scores (0: never)")
     p.add_argument("--eval-prompts", type=int, default=36)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--until", type=int, default=None,
+                   help="stop (checkpoint and weights) at this step without shortening the --steps schedule")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (quick scores still sample on the CPU)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: switch between 1 and 2 by measured speed, see ThreadTuner)")
@@ -276,6 +313,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = training_device(args.device)  # fail before any work
+    if not 0 <= args.schedule_start <= args.steps or args.timestep_shift <= 0:
+        raise SystemExit("--schedule-start must lie in [0, --steps] and --timestep-shift must be positive")
+    stop = args.steps if args.until is None else min(args.until, args.steps)
     tuner = None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,10 +326,11 @@ def main(argv=None) -> None:
     if args.resume and (args.out / CHECKPOINT_STATE).exists():
         trainer.load_checkpoint(args.out)
         print(f"resumed at step {trainer.step}", flush=True)
+    trainer.note_phase()
     log = (args.out / "log.jsonl").open("a")
     last_ckpt = time.time()
     losses: list[float] = []
-    while trainer.step < args.steps:
+    while trainer.step < stop:
         t0 = time.time()
         losses.append(trainer.train_step())
         trainer.seconds += time.time() - t0
