@@ -30,3 +30,14 @@ def write_results(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=2) + "\n")
     return path
+
+
+def mini_validation_captions(n: int) -> list[str]:
+    """``n`` Mini FLUX validation captions: drawn by the training-caption sampler with seed 123 (no
+    compositional evaluation prompt, nor its meaning, ever appears). Sampler and recipe choices are made on these."""
+    import numpy as np
+
+    from torch_ternary.mini.grammar import sample_training_caption
+
+    rng = np.random.default_rng(123)
+    return [sample_training_caption(rng)[1] for _ in range(n)]

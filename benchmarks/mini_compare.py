@@ -18,14 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from diffusers import FlowMatchEulerDiscreteScheduler
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import mini_validation_captions, write_results  # noqa: E402
 
 from torch_ternary.mini import evaluation_prompts, load_pipeline, score  # noqa: E402
-from torch_ternary.mini.grammar import sample_training_caption  # noqa: E402
+from torch_ternary.mini.pipeline import set_sampling  # noqa: E402
 
 
 def main() -> None:
@@ -38,8 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", required=True, help="results name (benchmarks/results/<out>.json)")
     args = parser.parse_args()
-    rng = np.random.default_rng(123)
-    validation = [sample_training_caption(rng)[1] for _ in range(args.validation_prompts)]
+    validation = mini_validation_captions(args.validation_prompts)
     sampling = {"true_cfg_scale": args.cfg, "num_inference_steps": args.steps, "scheduler_shift": args.shift}
     rows = []
     for spec in args.weights:
@@ -47,8 +43,7 @@ def main() -> None:
         if not sep:
             parser.error(f"--weights takes NAME=FOLDER, got {spec!r}")
         pipe = load_pipeline(path=folder)
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=args.shift, use_dynamic_shifting=False)
-        pipe.mini_sampling = sampling
+        set_sampling(pipe, sampling)
         t0 = time.time()
         val = score(pipe, validation, [1000])
         ev = score(pipe, evaluation_prompts(), args.seeds)

@@ -16,15 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from diffusers import FlowMatchEulerDiscreteScheduler
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import mini_validation_captions, write_results  # noqa: E402
 
 from torch_ternary.mini import load_pipeline, score  # noqa: E402
-from torch_ternary.mini.grammar import sample_training_caption  # noqa: E402
-from torch_ternary.mini.pipeline import META_FILE  # noqa: E402
+from torch_ternary.mini.pipeline import META_FILE, set_sampling  # noqa: E402
 from torch_ternary.serialization import atomic_write  # noqa: E402
 
 
@@ -37,13 +33,11 @@ def main() -> None:
     parser.add_argument("--shift", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--write", action="store_true", help="store the best setting in the folder's mini_flux.json")
     args = parser.parse_args()
-    rng = np.random.default_rng(123)
-    prompts = [sample_training_caption(rng)[1] for _ in range(args.prompts)]
+    prompts = mini_validation_captions(args.prompts)
     rows = []
     pipe = load_pipeline(path=args.weights)
     for cfg, steps, shift in itertools.product(args.cfg, args.steps, args.shift):
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False)
-        pipe.mini_sampling = {"true_cfg_scale": cfg, "num_inference_steps": steps, "scheduler_shift": shift}
+        set_sampling(pipe, {"true_cfg_scale": cfg, "num_inference_steps": steps, "scheduler_shift": shift})
         res = score(pipe, prompts, [1000])
         rows.append({"true_cfg_scale": cfg, "num_inference_steps": steps, "scheduler_shift": shift, **res})
         print(json.dumps(rows[-1]), flush=True)

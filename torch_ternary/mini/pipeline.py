@@ -48,10 +48,8 @@ class MiniFluxPipeline(FluxPipeline):
 def build_pipeline(transformer=None, text_encoder=None, text_encoder_2=None, vae_scaling: float = 1.0,
                    vae_shift: float = 0.0, sampling: dict | None = None) -> MiniFluxPipeline:
     """A Mini FLUX pipeline; components not given are freshly initialized (random weights)."""
-    sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
     pipe = MiniFluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=sampling["scheduler_shift"],
-                                                  use_dynamic_shifting=False),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, use_dynamic_shifting=False),
         vae=PixelSpaceVAE(scaling_factor=vae_scaling, shift_factor=vae_shift),
         text_encoder=text_encoder if text_encoder is not None else build_clip(),
         tokenizer=build_tokenizer(with_bos=True),
@@ -59,9 +57,18 @@ def build_pipeline(transformer=None, text_encoder=None, text_encoder_2=None, vae
         tokenizer_2=build_tokenizer(with_bos=False),
         transformer=transformer if transformer is not None else FluxTransformer2DModel(**TRANSFORMER_CONFIG),
     )
-    pipe.mini_sampling = sampling
+    set_sampling(pipe, sampling or {})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def set_sampling(pipe: MiniFluxPipeline, sampling: dict) -> None:
+    """Give ``pipe`` sampler settings (``true_cfg_scale``, ``num_inference_steps``, ``scheduler_shift``;
+    missing keys take :data:`DEFAULT_SAMPLING`): a scheduler with that shift and the call defaults."""
+    sampling = {**DEFAULT_SAMPLING, **sampling}
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=sampling["scheduler_shift"],
+                                                     use_dynamic_shifting=False)
+    pipe.mini_sampling = sampling
 
 
 def weights_dir() -> Path:

@@ -154,8 +154,7 @@ class Trainer:
     def note_phase(self) -> None:
         """Record the schedule this (re)start trains with, when it differs from the last recorded one."""
         rec = _phase_record(self.args, self.step)
-        if not self.phases or {k: v for k, v in self.phases[-1].items() if k != "from_step"} != \
-                {k: v for k, v in rec.items() if k != "from_step"}:
+        if not self.phases or {**self.phases[-1], "from_step": self.step} != rec:
             self.phases.append(rec)
 
     def save_weights(self, out: Path) -> None:
@@ -221,8 +220,9 @@ def shifted_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def _phase_record(args: argparse.Namespace, from_step: int) -> dict:
+    """The schedule settings of a phase starting at ``from_step`` (defaults for arguments older checkpoints lack)."""
     keys = ("steps", "lr", "warmup", "final_lr_fraction", "schedule_start", "timestep_shift", "caption_dropout", "batch")
-    defaults = dict(schedule_start=0, timestep_shift=1.0)
+    defaults = {"schedule_start": 0, "timestep_shift": 1.0}
     return {"from_step": from_step, **{k: getattr(args, k, defaults.get(k)) for k in keys}}
 
 
