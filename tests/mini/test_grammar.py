@@ -27,7 +27,7 @@ from torch_ternary.mini import (
     sample_training_example,
     satisfies,
 )
-from torch_ternary.mini.grammar import _meaning_key, all_requests
+from torch_ternary.mini.grammar import _meaning_key, all_requests, category_probabilities
 from torch_ternary.mini.world import distinguishable
 
 descriptions = st.builds(Description, st.sampled_from(SHAPES), st.none() | st.sampled_from(COLORS))
@@ -214,6 +214,34 @@ def test_training_sampler_never_yields_compositional_evaluation_prompts():
     # every non-held-out caption of a small category shows up
     assert {t for t in seen if category_of(t) == "counting"} == {
         caption(r) for r in all_requests("counting") if not is_held_out(caption(r))}
+
+
+def test_category_weights_shape_the_training_stream():
+    assert category_probabilities(None) is None
+    probs = category_probabilities({"position": 3, "single_object": 0})
+    assert probs.shape == (len(CATEGORIES),) and probs.sum() == pytest.approx(1.0)
+    assert probs[CATEGORIES.index("position")] == pytest.approx(3 / 7) and probs[CATEGORIES.index("single_object")] == 0
+    rng = np.random.default_rng(11)
+    weights = {"position": 3.0, "color_attr": 1.0, **{c: 0.0 for c in CATEGORIES if c not in ("position", "color_attr")}}
+    drawn = Counter(sample_training_caption(rng, weights)[0].category for _ in range(4000))
+    assert set(drawn) == {"position", "color_attr"}
+    assert drawn["position"] / 4000 == pytest.approx(0.75, abs=0.03)
+    for _ in range(50):  # weighted draws still never yield held-out meanings and fit their scenes
+        scene, text = sample_training_example(rng, weights)
+        assert not is_held_out(text) and satisfies(scene.objects, parse(text))
+    _, captions = render_batch(32, rng, {"counting": 1.0, **{c: 0.0 for c in CATEGORIES if c != "counting"}})
+    assert {category_of(c) for c in captions} == {"counting"}
+
+
+@pytest.mark.parametrize("bad", [{"pose": 1.0}, {"position": -1.0}, {"position": float("nan")},
+                                 {c: 0.0 for c in CATEGORIES}])
+def test_bad_category_weights_raise(bad):
+    from torch_ternary.mini import SceneError
+
+    with pytest.raises(SceneError):
+        category_probabilities(bad)
+    with pytest.raises(SceneError):
+        sample_training_caption(np.random.default_rng(0), bad)
 
 
 def test_training_examples_fit_their_captions():

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from torch_ternary.mini.grammar import category_of
 from torch_ternary.mini.pipeline import generate
 from torch_ternary.mini.train import Trainer, main, parse_args, shifted_timesteps
 
@@ -93,3 +94,45 @@ def test_phase_run_until_then_resume(tmp_path):
         main(base + ["--steps", "7", "--schedule-start", "8"])
     with pytest.raises(SystemExit):
         main(base + ["--steps", "7", "--timestep-shift", "0"])
+
+
+def test_category_weights_reach_the_batches_and_the_phase_record(tmp_path):
+    args = parse_args(["--out", str(tmp_path), *TINY, "--steps", "2",
+                       "--category-weights", "position=1,single_object=0,colors=0,counting=0,two_objects=0,color_attr=0",
+                       "--caption-dropout", "0"])
+    assert args.category_weights["position"] == 1.0
+    _, captions = Trainer(args).batch()
+    assert {category_of(c) for c in captions} == {"position"}
+    base = ["--out", str(tmp_path), *TINY]
+    main(base + ["--steps", "4", "--until", "2"])
+    main(base + ["--steps", "4", "--until", "3", "--resume"])  # same settings: no new phase
+    main(base + ["--steps", "4", "--resume", "--category-weights", "position=2"])
+    phases = json.loads((tmp_path / "mini_flux.json").read_text())["training"]["phases"]
+    assert [(p["from_step"], p["category_weights"]) for p in phases] == [(0, None), (3, {"position": 2.0})]
+
+
+def test_resuming_a_phase_recorded_before_category_weights_adds_no_phase(tmp_path):
+    base = ["--out", str(tmp_path), *TINY]
+    main(base + ["--steps", "3", "--until", "2"])
+    state = json.loads((tmp_path / "checkpoint.json").read_text())
+    for phase in state["phases"]:
+        del phase["category_weights"]  # as written by the trainer before the option existed
+    (tmp_path / "checkpoint.json").write_text(json.dumps(state))
+    main(base + ["--steps", "3", "--resume"])
+    assert len(json.loads((tmp_path / "mini_flux.json").read_text())["training"]["phases"]) == 1
+
+
+@pytest.mark.parametrize("bad", ["position", "position=x", "pose=2", "position=-1",
+                                 "single_object=0,two_objects=0,counting=0,colors=0,position=0,color_attr=0"])
+def test_bad_category_weights_are_rejected(bad, tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), "--category-weights", bad])
+
+
+def test_compiled_training_checkpoints_resume_uncompiled(tmp_path):
+    base = ["--out", str(tmp_path), *TINY]
+    main(base + ["--steps", "2", "--compile"])
+    straight = Trainer(parse_args(base + ["--steps", "3"]))
+    straight.load_checkpoint(tmp_path)  # parameter names unchanged by the in-place compile
+    assert straight.step == 2 and all(torch.isfinite(v).all() for v in straight.ema.values())
+    assert torch.isfinite(torch.tensor(straight.train_step()))

@@ -362,11 +362,32 @@ def is_held_out(prompt: str) -> bool:
 # ----------------------------------------------------------------------------------------- training
 
 
-def sample_training_caption(rng: np.random.Generator) -> tuple[Request, str]:
-    """A training ``(request, caption)``: category uniform over :data:`CATEGORIES`, request uniform
-    among that category's requests that are not held out; single-object requests are written with
-    "a" or "one" at random. Never returns a 2-4-object evaluation prompt nor its meaning."""
-    category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+def category_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
+    """float64 ``[len(CATEGORIES)]`` sampling probabilities from relative ``weights`` (category -> weight,
+    missing categories weigh 1), or ``None`` for ``None`` (uniform). Raises ``SceneError`` on an unknown
+    category, a negative or non-finite weight, or all weights zero."""
+    if weights is None:
+        return None
+    unknown = set(weights) - set(CATEGORIES)
+    if unknown:
+        raise SceneError(f"unknown categories {sorted(unknown)}; expected some of {CATEGORIES}")
+    w = np.array([float(weights.get(c, 1.0)) for c in CATEGORIES])
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise SceneError(f"category weights must be finite, >= 0 and not all 0, got {weights}")
+    return w / w.sum()
+
+
+def sample_training_caption(rng: np.random.Generator,
+                            category_weights: dict[str, float] | None = None) -> tuple[Request, str]:
+    """A training ``(request, caption)``: category uniform over :data:`CATEGORIES` (or drawn with
+    ``category_weights``, see :func:`category_probabilities`), request uniform among that category's
+    requests that are not held out; single-object requests are written with "a" or "one" at random.
+    Never returns a 2-4-object evaluation prompt nor its meaning."""
+    probs = category_probabilities(category_weights)
+    if probs is None:  # the original stream: keeps earlier training phases reproducible
+        category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+    else:
+        category = CATEGORIES[int(rng.choice(len(CATEGORIES), p=probs))]
     pool = _training_pool(category)
     request = pool[int(rng.integers(len(pool)))]
     if request.count == 1:
@@ -380,7 +401,8 @@ def _training_pool(category: str) -> tuple[Request, ...]:
     return tuple(r for r in all_requests(category) if r.count == 1 or _meaning_key(r) not in keys)
 
 
-def sample_training_example(rng: np.random.Generator) -> tuple[Scene, str]:
+def sample_training_example(rng: np.random.Generator,
+                            category_weights: dict[str, float] | None = None) -> tuple[Scene, str]:
     """A training ``(scene spec, caption)`` pair (see :func:`sample_training_caption`)."""
-    request, text = sample_training_caption(rng)
+    request, text = sample_training_caption(rng, category_weights)
     return realize(request, rng), text

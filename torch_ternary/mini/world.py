@@ -421,9 +421,11 @@ def sample_scene(category: str, rng: np.random.Generator) -> tuple[Scene, str]:
     return realize(request, rng), caption(request)
 
 
-def render_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """``n`` training examples (:func:`~torch_ternary.mini.grammar.sample_training_example`): uint8
-    ``[n, 32, 32, 3]`` RGB images and their ``n`` captions (never an evaluation prompt)."""
+def render_batch(n: int, rng: np.random.Generator,
+                 category_weights: dict[str, float] | None = None) -> tuple[np.ndarray, list[str]]:
+    """``n`` training examples (:func:`~torch_ternary.mini.grammar.sample_training_example`, categories
+    drawn with ``category_weights``, uniform when ``None``): uint8 ``[n, 32, 32, 3]`` RGB images and their
+    ``n`` captions (never an evaluation prompt)."""
     from .grammar import sample_training_example  # grammar imports this module
 
     if n < 0:
@@ -431,7 +433,7 @@ def render_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str
     images = np.zeros((n, CANVAS, CANVAS, 3), dtype=np.uint8)
     captions = []
     for i in range(n):
-        scene, text = sample_training_example(rng)
+        scene, text = sample_training_example(rng, category_weights)
         images[i] = render(scene)
         captions.append(text)
     return images, captions
