@@ -366,15 +366,22 @@ def category_probabilities(weights: dict[str, float] | None) -> np.ndarray | Non
     """float64 ``[len(CATEGORIES)]`` sampling probabilities from relative ``weights`` (category -> weight,
     missing categories weigh 1), or ``None`` for ``None`` (uniform). Raises ``SceneError`` on an unknown
     category, a negative or non-finite weight, or all weights zero."""
-    if weights is None:
-        return None
+    return None if weights is None else _normalized(tuple(sorted(weights.items())))
+
+
+@functools.cache
+def _normalized(items: tuple[tuple[str, float], ...]) -> np.ndarray:
+    """Checked and normalized once per distinct weights (the training sampler asks for every caption)."""
+    weights = dict(items)
     unknown = set(weights) - set(CATEGORIES)
     if unknown:
         raise SceneError(f"unknown categories {sorted(unknown)}; expected some of {CATEGORIES}")
     w = np.array([float(weights.get(c, 1.0)) for c in CATEGORIES])
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise SceneError(f"category weights must be finite, >= 0 and not all 0, got {weights}")
-    return w / w.sum()
+    w /= w.sum()
+    w.flags.writeable = False  # shared by every caller
+    return w
 
 
 def sample_training_caption(rng: np.random.Generator,

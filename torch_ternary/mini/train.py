@@ -339,7 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--category-weights", type=parse_category_weights, default=None,
                    help="relative caption-category frequencies, e.g. 'position=3,color_attr=3' (others 1; default uniform)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the transformer (CPU: ~1.4x faster steps after ~40 s of compilation)")
+                   help="torch.compile the transformer (CPU: 1.3-1.5x faster steps after ~40 s of compilation)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
