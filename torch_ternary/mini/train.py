@@ -20,7 +20,10 @@ make the run resumable with ``--resume`` (also across devices: checkpoints hold 
 resumed run may start a new phase (``--schedule-start``: a fresh warm-up and cosine from that
 step to ``--steps``), and every phase is recorded in the weights' metadata. ``--until`` stops early
 without changing the schedule. ``--category-weights`` changes how often each caption category is
-drawn (uniform by default). ``--compile`` runs the transformer through ``torch.compile`` (in place,
+drawn (uniform by default). ``--binding-loss W`` adds W times an auxiliary loss that makes T5 encode
+which object each word belongs to, and ``--binding-pretrain N`` replaces T5, when a phase starts, by a
+fresh one pretrained N steps on that loss alone (``torch_ternary.mini.binding``: without it the
+jointly trained T5 stayed a bag of words). ``--compile`` runs the transformer through ``torch.compile`` (in place,
 so checkpoints keep their names); on the CPU, attention always runs as plain matmuls, faster than the
 CPU flash kernel at 76 tokens. ``--device cuda`` trains on a GPU; the data is still rendered by
 numpy on the CPU (about 0.1 ms an image, far from the bottleneck).
@@ -41,9 +44,10 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UnsupportedDeviceError
 from ..serialization import atomic_write
+from .binding import BindingHeads, binding_targets, pretrain_text_encoder
 from .model import TRANSFORMER_CONFIG, PixelSpaceVAE
-from .pipeline import META_FILE, WEIGHTS_FILE, build_pipeline
-from .text import MAX_TOKENS, build_clip, build_t5, build_tokenizer
+from .pipeline import COMPONENTS, META_FILE, WEIGHTS_FILE, build_pipeline
+from .text import MAX_TOKENS, T5_CONFIG, build_clip, build_t5, build_tokenizer
 
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -62,7 +66,11 @@ class Trainer:
         self.rng = np.random.default_rng(args.seed)
         self.models = torch.nn.ModuleDict(dict(
             transformer=FluxTransformer2DModel(**TRANSFORMER_CONFIG), text_encoder=build_clip(), text_encoder_2=build_t5()
-        )).to(self.device).train()
+        ))
+        if getattr(args, "binding_loss", 0.0) > 0:  # training-only heads (never shipped), see .binding
+            self.models["binding_heads"] = BindingHeads(T5_CONFIG["d_model"])
+        self.models.to(self.device).train()
+        self.last_binding_loss: float | None = None
         self.ema = {k: v.detach().clone() for k, v in self.models.state_dict().items()}
         self._bind_ema()
         decay, no_decay = [], []
@@ -101,11 +109,16 @@ class Trainer:
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32] in [-1, 1]
         return x, captions
 
-    def encode_text(self, captions: list[str], models) -> tuple[torch.Tensor, torch.Tensor]:
-        kw = dict(padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
-        pooled = models["text_encoder"](self.tok_clip(captions, **kw).input_ids.to(self.device)).pooler_output
-        seq = models["text_encoder_2"](self.tok_t5(captions, **kw).input_ids.to(self.device))[0]
+    def encode_text(self, captions: list[str], models, t5_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = models["text_encoder"](self.tokenize(self.tok_clip, captions).to(self.device)).pooler_output
+        ids = self.tokenize(self.tok_t5, captions) if t5_ids is None else t5_ids
+        seq = models["text_encoder_2"](ids.to(self.device))[0]
         return pooled, seq
+
+    @staticmethod
+    def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+        """int64 ``[B, MAX_TOKENS]`` token ids, padded."""
+        return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
     def loss(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
         b = x.shape[0]
@@ -113,12 +126,19 @@ class Trainer:
         t = shifted_timesteps(torch.sigmoid(torch.randn(b, device=self.device)), self.args.timestep_shift)
         noise = torch.randn_like(latents)
         x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
+        t5_ids = self.tokenize(self.tok_t5, captions)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
-            pooled, seq = self.encode_text(captions, self.models)
+            pooled, seq = self.encode_text(captions, self.models, t5_ids)
             pred = self.models["transformer"](hidden_states=x_t, timestep=t, pooled_projections=pooled,
                                               encoder_hidden_states=seq, txt_ids=self.txt_ids, img_ids=self.img_ids,
                                               return_dict=False)[0]
-        return torch.nn.functional.mse_loss(pred.float(), noise - latents)
+        loss = torch.nn.functional.mse_loss(pred.float(), noise - latents)
+        if "binding_heads" in self.models:
+            targets = binding_targets([self.tok_t5.convert_ids_to_tokens(row) for row in t5_ids.tolist()])
+            binding = self.models["binding_heads"](seq.float(), targets.to(self.device))
+            self.last_binding_loss = float(binding.detach())
+            loss = loss + self.args.binding_loss * binding
+        return loss
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up then cosine decay to ``final_lr_fraction``, both counted from ``--schedule-start``."""
@@ -158,17 +178,41 @@ class Trainer:
         return build_pipeline(**models, vae_scaling=self.vae_scaling, vae_shift=self.vae_shift,
                               sampling=dict(true_cfg_scale=self.args.cfg))
 
-    def note_phase(self) -> None:
-        """Record the schedule this (re)start trains with, when it differs from the last recorded one."""
+    def note_phase(self) -> bool:
+        """Record the schedule this (re)start trains with, when it differs from the last recorded one
+        (returns whether it did: a new phase starts here)."""
         rec = _phase_record(self.args, self.step)
         last = _phase_record(argparse.Namespace(**self.phases[-1]), self.step) if self.phases else None  # old records lack new keys
         if last != rec:
             self.phases.append(rec)
+            return True
+        return False
+
+    def pretrain_text_encoder(self, steps: int) -> float:
+        """Replace T5 by a fresh one pretrained ``steps`` steps on the binding loss alone (see
+        :func:`.binding.pretrain_text_encoder`); its EMA restarts from the result and its optimizer
+        moments are dropped. Seeded by ``--seed`` and the current step. Returns the final binding loss."""
+        if "binding_heads" not in self.models:
+            raise ValueError("--binding-pretrain needs --binding-loss > 0 (the heads it trains)")
+        torch.manual_seed(self.args.seed + self.step)
+        t5, heads = build_t5().to(self.device), BindingHeads(T5_CONFIG["d_model"]).to(self.device)
+        loss = pretrain_text_encoder(t5, heads, self.tok_t5, steps, np.random.default_rng([self.args.seed, self.step]),
+                                     batch=self.args.batch, max_length=MAX_TOKENS,
+                                     category_weights=getattr(self.args, "category_weights", None))
+        for name, module in (("text_encoder_2", t5), ("binding_heads", heads)):
+            for p in self.models[name].parameters():
+                self.opt.state.pop(p, None)
+            self.models[name].load_state_dict(module.state_dict())
+            for k, v in self.models[name].state_dict().items():
+                self.ema[f"{name}.{k}"].copy_(v)
+        self.models.train()
+        return loss
 
     def save_weights(self, out: Path) -> None:
         """The EMA weights as float16 safetensors plus the metadata JSON (what ships as package data)."""
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.to("cpu", torch.float16).contiguous() for k, v in self.ema.items() if v.dtype.is_floating_point}
+        tensors = {k: v.to("cpu", torch.float16).contiguous() for k, v in self.ema.items()
+                   if v.dtype.is_floating_point and k.partition(".")[0] in COMPONENTS}
         atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
         meta = {"vae_scaling": self.vae_scaling, "vae_shift": self.vae_shift,
                 "sampling": {"num_inference_steps": 20, "true_cfg_scale": self.args.cfg, "scheduler_shift": 1.0},
@@ -200,8 +244,15 @@ class Trainer:
     def load_checkpoint(self, out: Path) -> None:
         tensors = load_file(str(out / CHECKPOINT_TENSORS))
         state = json.loads((out / CHECKPOINT_STATE).read_text())
-        self.models.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
+        saved = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        # Binding heads may be new in this phase (absent from the checkpoint) or dropped (present, unused).
+        extra = [k for k in saved if k.startswith("binding_heads.") and k not in self.models.state_dict()]
+        missing, unexpected = self.models.load_state_dict({k: v for k, v in saved.items() if k not in extra}, strict=False)
+        if unexpected or any(not k.startswith("binding_heads.") for k in missing):
+            raise RuntimeError(f"checkpoint does not match the models: missing {missing}, unexpected {unexpected}")
+        self.ema = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.") and k[4:] not in extra}
+        for k, v in self.models.state_dict().items():  # new heads: the EMA starts from their initialization
+            self.ema.setdefault(k, v.detach().clone())
         self._bind_ema()
         for name, p in self.models.named_parameters():
             st = {key.split(".")[-1]: v for key, v in tensors.items() if key.startswith(f"opt.{name}.")}
@@ -265,8 +316,8 @@ def shifted_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
 def _phase_record(args: argparse.Namespace, from_step: int) -> dict:
     """The schedule settings of a phase starting at ``from_step`` (defaults for arguments older checkpoints lack)."""
     keys = ("steps", "lr", "warmup", "final_lr_fraction", "schedule_start", "timestep_shift", "caption_dropout", "batch",
-            "category_weights")
-    defaults = {"schedule_start": 0, "timestep_shift": 1.0, "category_weights": None}
+            "category_weights", "binding_loss", "binding_pretrain")
+    defaults = {"schedule_start": 0, "timestep_shift": 1.0, "category_weights": None, "binding_loss": 0.0, "binding_pretrain": 0}
     return {"from_step": from_step, **{k: getattr(args, k, defaults.get(k)) for k in keys}}
 
 
@@ -338,6 +389,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train on shift*t/(1+(shift-1)*t) of the logit-normal t (more high-noise steps above 1)")
     p.add_argument("--category-weights", type=parse_category_weights, default=None,
                    help="relative caption-category frequencies, e.g. 'position=3,color_attr=3' (others 1; default uniform)")
+    p.add_argument("--binding-loss", type=float, default=0.0,
+                   help="weight of the auxiliary loss that teaches T5 which object each word belongs to (see .binding; 0: off)")
+    p.add_argument("--binding-pretrain", type=int, default=0,
+                   help="when a new phase starts: replace T5 by a fresh one pretrained this many steps on the binding loss alone")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (CPU: 1.3-1.5x faster steps after ~40 s of compilation)")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -374,7 +429,9 @@ def main(argv=None) -> None:
     if args.resume and (args.out / CHECKPOINT_STATE).exists():
         trainer.load_checkpoint(args.out)
         print(f"resumed at step {trainer.step}", flush=True)
-    trainer.note_phase()
+    if trainer.note_phase() and args.binding_pretrain:
+        loss = trainer.pretrain_text_encoder(args.binding_pretrain)
+        print(f"T5 pretrained on the binding loss: {args.binding_pretrain} steps, loss {loss:.4f}", flush=True)
     if args.compile:
         trainer.models["transformer"].compile()  # in place: parameter names (checkpoints, EMA) unchanged
     log = (args.out / "log.jsonl").open("a")
@@ -389,6 +446,8 @@ def main(argv=None) -> None:
         if trainer.step % 50 == 0:
             rec = {"step": trainer.step, "loss": float(np.mean(losses)), "lr": trainer.lr_at(trainer.step),
                    "minutes": round(trainer.seconds / 60, 2), "threads": torch.get_num_threads()}
+            if trainer.last_binding_loss is not None:
+                rec["binding_loss"] = trainer.last_binding_loss
             losses = []
             if args.eval_every and trainer.step % args.eval_every == 0:
                 rec["quick_score"] = quick_score(trainer, args.eval_prompts)
