@@ -19,6 +19,8 @@ pipeline and are never shipped, so the inference path stays plain diffusers ``Fl
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -53,26 +55,34 @@ def binding_targets(tokens: list[list[str]]) -> torch.Tensor:
     Raises:
         CaptionError: a caption outside the grammar.
     """
-    out = torch.full((len(tokens), len(tokens[0]) if tokens else 0, N_TARGETS), IGNORE, dtype=torch.long)
-    for b, toks in enumerate(tokens):
-        words = [t for t in toks if not (t.startswith("[") and t.endswith("]"))]
-        if not words:
+    width = len(tokens[0]) if tokens else 0
+    return torch.tensor([_caption_targets(tuple(toks)) for toks in tokens], dtype=torch.long).reshape(len(tokens), width, N_TARGETS)
+
+
+@functools.lru_cache(maxsize=8192)  # the training captions are ~1,000 distinct strings: parse each once
+def _caption_targets(toks: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    """:func:`binding_targets` of one tokenized caption, one ``(shape, colour, side)`` row per token."""
+    rows = [(IGNORE,) * N_TARGETS] * len(toks)
+    words = [t for t in toks if not (t.startswith("[") and t.endswith("]"))]
+    if not words:
+        return tuple(rows)
+    request = parse(" ".join(words))
+    sides = _RELATION_SIDES.get(request.relation, (None, None))
+    obj = 0
+    for i, tok in enumerate(toks):
+        shape_word = tok in SHAPES or tok in _PLURAL_SHAPES
+        if not shape_word and tok not in COLORS:
             continue
-        request = parse(" ".join(words))
-        sides = _RELATION_SIDES.get(request.relation, (None, None))
-        obj = 0
-        for i, tok in enumerate(toks):
-            shape_word = tok in SHAPES or tok in _PLURAL_SHAPES
-            if not shape_word and tok not in COLORS:
-                continue
-            desc = request.objects[min(obj, len(request.objects) - 1)]
-            color = 0 if desc.color is None else 1 + COLORS.index(desc.color)
-            out[b, i] = torch.tensor([SHAPES.index(desc.shape), color, SIDES.index(sides[obj])])
-            if shape_word:
-                obj += 1
-        if obj != len(request.objects):
-            raise CaptionError(f"could not align the words of {' '.join(words)!r} with its objects")
-    return out
+        if obj >= len(request.objects):
+            break
+        desc = request.objects[obj]
+        color = 0 if desc.color is None else 1 + COLORS.index(desc.color)
+        rows[i] = (SHAPES.index(desc.shape), color, SIDES.index(sides[obj]))
+        if shape_word:
+            obj += 1
+    if obj != len(request.objects):
+        raise CaptionError(f"could not align the words of {' '.join(words)!r} with its objects")
+    return tuple(rows)
 
 
 class BindingHeads(torch.nn.Module):

@@ -70,7 +70,7 @@ class Trainer:
         if getattr(args, "binding_loss", 0.0) > 0:  # training-only heads (never shipped), see .binding
             self.models["binding_heads"] = BindingHeads(T5_CONFIG["d_model"])
         self.models.to(self.device).train()
-        self.last_binding_loss: float | None = None
+        self.last_binding_loss: torch.Tensor | None = None
         self.ema = {k: v.detach().clone() for k, v in self.models.state_dict().items()}
         self._bind_ema()
         decay, no_decay = [], []
@@ -136,7 +136,7 @@ class Trainer:
         if "binding_heads" in self.models:
             targets = binding_targets([self.tok_t5.convert_ids_to_tokens(row) for row in t5_ids.tolist()])
             binding = self.models["binding_heads"](seq.float(), targets.to(self.device))
-            self.last_binding_loss = float(binding.detach())
+            self.last_binding_loss = binding.detach()  # read when logged: no device sync every step
             loss = loss + self.args.binding_loss * binding
         return loss
 
@@ -447,7 +447,7 @@ def main(argv=None) -> None:
             rec = {"step": trainer.step, "loss": float(np.mean(losses)), "lr": trainer.lr_at(trainer.step),
                    "minutes": round(trainer.seconds / 60, 2), "threads": torch.get_num_threads()}
             if trainer.last_binding_loss is not None:
-                rec["binding_loss"] = trainer.last_binding_loss
+                rec["binding_loss"] = float(trainer.last_binding_loss)
             losses = []
             if args.eval_every and trainer.step % args.eval_every == 0:
                 rec["quick_score"] = quick_score(trainer, args.eval_prompts)
