@@ -25,28 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from torch_ternary.mini import evaluation_prompts, load_pipeline  # noqa: E402
-from torch_ternary.mini.binding import word_state_similarity  # noqa: E402
-from torch_ternary.mini.grammar import caption, parse  # noqa: E402
+from torch_ternary.mini import load_pipeline  # noqa: E402
+from torch_ternary.mini.binding import swap_pairs, word_state_similarity  # noqa: E402
 from torch_ternary.mini.text import MAX_TOKENS  # noqa: E402
-from torch_ternary.mini.world import Description, Request  # noqa: E402
-
-
-def swap_pairs() -> dict[str, list[tuple[str, str, str]]]:
-    """``{"colour_swap": [...], "order_swap": [...]}`` of (caption, swapped caption, noun compared)."""
-    pairs: dict[str, list[tuple[str, str, str]]] = {"colour_swap": [], "order_swap": []}
-    for prompt in evaluation_prompts("color_attr") + evaluation_prompts("position"):
-        request = parse(prompt)
-        a, b = request.objects
-        if a.shape == b.shape:
-            continue
-        if request.relation is None and a.color and b.color:
-            swapped = Request((Description(a.shape, b.color), Description(b.shape, a.color)), 2)
-            pairs["colour_swap"].append((prompt, caption(swapped), a.shape))
-        elif request.relation is not None:
-            swapped = Request((b, a), 2, request.relation)
-            pairs["order_swap"].append((prompt, caption(swapped), a.shape))
-    return pairs
 
 
 def main() -> None:

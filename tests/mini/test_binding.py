@@ -9,9 +9,10 @@ from torch_ternary.mini.binding import (
     BindingHeads,
     binding_targets,
     pretrain_text_encoder,
+    swap_pairs,
     word_state_similarity,
 )
-from torch_ternary.mini.grammar import CaptionError
+from torch_ternary.mini.grammar import CaptionError, parse
 from torch_ternary.mini.text import MAX_TOKENS, build_t5, build_tokenizer
 from torch_ternary.mini.train import Trainer, main, parse_args
 from torch_ternary.mini.world import COLORS, SHAPES
@@ -156,3 +157,17 @@ def test_binding_pretrain_replaces_t5_once_per_phase(tmp_path):
     assert (live - mid.models.state_dict()[key]).abs().max() < 0.01  # one more step of lr <= 5e-4
     with pytest.raises(ValueError, match="binding-loss"):
         Trainer(parse_args(base + ["--steps", "4", "--binding-pretrain", "5"])).pretrain_text_encoder(5)
+
+
+def test_swap_pairs_have_the_same_words_and_another_meaning():
+    pairs = swap_pairs()
+    assert pairs["colour_swap"] and pairs["order_swap"]
+    for kind, items in pairs.items():
+        for first, second, noun in items:
+            assert sorted(first.split()) == sorted(second.split()) and noun in first.split()
+            a, b = parse(first), parse(second)
+            assert a != b and {o.shape for o in a.objects} == {o.shape for o in b.objects}
+            if kind == "colour_swap":
+                assert a.relation is None and {o.color for o in a.objects} == {o.color for o in b.objects}
+            else:
+                assert a.relation == b.relation and a.objects == b.objects[::-1]

@@ -24,8 +24,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .grammar import CaptionError, parse
-from .world import COLORS, SHAPES
+from .grammar import CaptionError, caption, evaluation_prompts, parse
+from .world import COLORS, SHAPES, Description, Request
 
 #: Classes of the "side" target: the object's place in the caption's relation.
 SIDES: tuple[str | None, ...] = (None, "left", "right", "above", "below")
@@ -127,6 +127,31 @@ def word_state_similarity(encoder, tokenizer, first: str, second: str, word: str
         with torch.no_grad():
             states.append(encoder(ids.to(encoder.device))[0][0, toks.index(word)].float())
     return float(F.cosine_similarity(states[0], states[1], dim=0))
+
+
+def swap_pairs() -> dict[str, list[tuple[str, str, str]]]:
+    """Caption pairs whose words are the same and whose meaning differs, from the evaluation prompts
+    (pairs with two different nouns), for :func:`word_state_similarity`:
+    ``{"colour_swap": [...], "order_swap": [...]}`` of ``(caption, swapped caption, noun compared)``.
+
+    - colour swap: "a red circle and a blue square" vs "a blue circle and a red square" (the noun's
+      colour changed);
+    - order swap: "a red circle above a blue square" vs "a blue square above a red circle" (the noun's
+      side of the relation changed).
+    """
+    pairs: dict[str, list[tuple[str, str, str]]] = {"colour_swap": [], "order_swap": []}
+    for prompt in evaluation_prompts("color_attr") + evaluation_prompts("position"):
+        request = parse(prompt)
+        a, b = request.objects
+        if a.shape == b.shape:
+            continue
+        if request.relation is None and a.color and b.color:
+            swapped = Request((Description(a.shape, b.color), Description(b.shape, a.color)), 2)
+            pairs["colour_swap"].append((prompt, caption(swapped), a.shape))
+        elif request.relation is not None:
+            swapped = Request((b, a), 2, request.relation)
+            pairs["order_swap"].append((prompt, caption(swapped), a.shape))
+    return pairs
 
 
 def pretrain_text_encoder(t5: torch.nn.Module, heads: BindingHeads, tokenizer, steps: int, rng, *, batch: int = 64,

@@ -3,10 +3,9 @@
     python -m torch_ternary.mini.train --out runs/mini --steps 10000 --compile             # phase 1
     python -m torch_ternary.mini.train --out runs/mini --resume --steps 13500 --schedule-start 10000 \
         --lr 2e-4 --warmup 100 --timestep-shift 3 --compile                                # phase 2
-    python -m torch_ternary.mini.train --out runs/mini --resume --steps 22500 --schedule-start 13500 \
-        --lr 1.5e-4 --warmup 200 --timestep-shift 3 --compile \
-        --category-weights single_object=0.5,colors=0.5,two_objects=1.5,position=2,color_attr=2  # phase 3
-    python -m torch_ternary.mini.train --out runs/mini --device cuda --batch 256 --steps 20000 --timestep-shift 3
+    ...                                                  # phases 3-5 of the shipped weights: docs/mini.md
+    python -m torch_ternary.mini.train --out runs/mini --device cuda --batch 256 --steps 20000 --timestep-shift 3 \
+        --binding-loss 0.1 --binding-pretrain 800
 
 Every step renders a fresh batch of the procedural world (``torch_ternary.mini.world``) with
 captions from the grammar (evaluation prompts held out), encodes the captions with the tiny
