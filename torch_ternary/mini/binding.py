@@ -24,7 +24,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .grammar import CaptionError, caption, evaluation_prompts, parse
+from .grammar import CaptionError, caption, evaluation_prompts, parse, sample_training_caption
+from .text import MAX_TOKENS, tokenize
 from .world import COLORS, SHAPES, Description, Request
 
 #: Classes of the "side" target: the object's place in the caption's relation.
@@ -57,6 +58,11 @@ def binding_targets(tokens: list[list[str]]) -> torch.Tensor:
     """
     width = len(tokens[0]) if tokens else 0
     return torch.tensor([_caption_targets(tuple(toks)) for toks in tokens], dtype=torch.long).reshape(len(tokens), width, N_TARGETS)
+
+
+def binding_targets_of_ids(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """:func:`binding_targets` of token ids: int64 ``[B, T]`` (``tokenizer``'s) -> int64 ``[B, T, 3]``."""
+    return binding_targets([tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()])
 
 
 @functools.lru_cache(maxsize=8192)  # the training captions are ~1,000 distinct strings: parse each once
@@ -120,7 +126,7 @@ def word_state_similarity(encoder, tokenizer, first: str, second: str, word: str
     (A diagnostic: see the module docstring.)"""
     states = []
     for text in (first, second):
-        ids = tokenizer([text], padding="max_length", max_length=max_length, return_tensors="pt").input_ids
+        ids = tokenize(tokenizer, [text], max_length)
         toks = tokenizer.convert_ids_to_tokens(ids[0])
         if word not in toks:
             raise ValueError(f"{word!r} is not a word of {text!r}")
@@ -155,7 +161,7 @@ def swap_pairs() -> dict[str, list[tuple[str, str, str]]]:
 
 
 def pretrain_text_encoder(t5: torch.nn.Module, heads: BindingHeads, tokenizer, steps: int, rng, *, batch: int = 64,
-                          lr: float = 1e-3, max_length: int = 12, category_weights: dict[str, float] | None = None) -> float:
+                          lr: float = 1e-3, max_length: int = MAX_TOKENS, category_weights: dict[str, float] | None = None) -> float:
     """Train ``t5`` and ``heads`` (in place, on their device) on the binding loss alone, on training captions.
 
     FLUX's T5 is pretrained on text before the image model ever sees it; this is the Mini FLUX
@@ -163,16 +169,14 @@ def pretrain_text_encoder(t5: torch.nn.Module, heads: BindingHeads, tokenizer, s
     captions, 14 s on 2 CPU cores). Captions come from the training sampler (``rng``, a numpy
     ``Generator``), so held-out evaluation prompts are never seen. Returns the last step's loss.
     """
-    from .grammar import sample_training_caption
-
     device = next(t5.parameters()).device
     opt = torch.optim.AdamW([*t5.parameters(), *heads.parameters()], lr=lr, betas=(0.9, 0.99))
     t5.train()
     loss = torch.zeros(())
     for _ in range(steps):
         captions = [sample_training_caption(rng, category_weights)[1] for _ in range(batch)]
-        ids = tokenizer(captions, padding="max_length", max_length=max_length, return_tensors="pt").input_ids
-        targets = binding_targets([tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()])
+        ids = tokenize(tokenizer, captions, max_length)
+        targets = binding_targets_of_ids(tokenizer, ids)
         loss = heads(t5(ids.to(device))[0], targets.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,6 +9,7 @@ over a fixed word-level vocabulary (the caption grammar's words), so nothing is 
 
 from __future__ import annotations
 
+import torch
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
@@ -29,6 +30,11 @@ T5_CONFIG = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4, rela
                  relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu")
 CLIP_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                    max_position_embeddings=MAX_TOKENS + 1, projection_dim=64, hidden_act="gelu")
+
+
+def tokenize(tokenizer: PreTrainedTokenizerFast, captions: list[str], max_length: int = MAX_TOKENS) -> torch.Tensor:
+    """int64 ``[len(captions), max_length]`` token ids, padded (and truncated) to ``max_length``."""
+    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
 
 
 def vocabulary() -> dict[str, int]:

@@ -34,19 +34,23 @@ import argparse
 import json
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import UnsupportedDeviceError
 from ..serialization import atomic_write
-from .binding import BindingHeads, binding_targets, pretrain_text_encoder
+from .binding import BindingHeads, binding_targets_of_ids, pretrain_text_encoder
+from .grammar import category_probabilities
 from .model import TRANSFORMER_CONFIG, PixelSpaceVAE
 from .pipeline import COMPONENTS, META_FILE, WEIGHTS_FILE, build_pipeline
-from .text import MAX_TOKENS, T5_CONFIG, build_clip, build_t5, build_tokenizer
+from .text import MAX_TOKENS, T5_CONFIG, build_clip, build_t5, build_tokenizer, tokenize
+from .world import MiniWorldError
 
 CHECKPOINT_TENSORS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -109,15 +113,10 @@ class Trainer:
         return x, captions
 
     def encode_text(self, captions: list[str], models, t5_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = models["text_encoder"](self.tokenize(self.tok_clip, captions).to(self.device)).pooler_output
-        ids = self.tokenize(self.tok_t5, captions) if t5_ids is None else t5_ids
+        pooled = models["text_encoder"](tokenize(self.tok_clip, captions).to(self.device)).pooler_output
+        ids = tokenize(self.tok_t5, captions) if t5_ids is None else t5_ids
         seq = models["text_encoder_2"](ids.to(self.device))[0]
         return pooled, seq
-
-    @staticmethod
-    def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-        """int64 ``[B, MAX_TOKENS]`` token ids, padded."""
-        return tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
     def loss(self, x: torch.Tensor, captions: list[str]) -> torch.Tensor:
         b = x.shape[0]
@@ -125,7 +124,7 @@ class Trainer:
         t = shifted_timesteps(torch.sigmoid(torch.randn(b, device=self.device)), self.args.timestep_shift)
         noise = torch.randn_like(latents)
         x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
-        t5_ids = self.tokenize(self.tok_t5, captions)
+        t5_ids = tokenize(self.tok_t5, captions)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
             pooled, seq = self.encode_text(captions, self.models, t5_ids)
             pred = self.models["transformer"](hidden_states=x_t, timestep=t, pooled_projections=pooled,
@@ -133,7 +132,7 @@ class Trainer:
                                               return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), noise - latents)
         if "binding_heads" in self.models:
-            targets = binding_targets([self.tok_t5.convert_ids_to_tokens(row) for row in t5_ids.tolist()])
+            targets = binding_targets_of_ids(self.tok_t5, t5_ids)
             binding = self.models["binding_heads"](seq.float(), targets.to(self.device))
             self.last_binding_loss = binding.detach()  # read when logged: no device sync every step
             loss = loss + self.args.binding_loss * binding
@@ -196,7 +195,7 @@ class Trainer:
         torch.manual_seed(self.args.seed + self.step)
         t5, heads = build_t5().to(self.device), BindingHeads(T5_CONFIG["d_model"]).to(self.device)
         loss = pretrain_text_encoder(t5, heads, self.tok_t5, steps, np.random.default_rng([self.args.seed, self.step]),
-                                     batch=self.args.batch, max_length=MAX_TOKENS,
+                                     batch=self.args.batch,
                                      category_weights=getattr(self.args, "category_weights", None))
         for name, module in (("text_encoder_2", t5), ("binding_heads", heads)):
             for p in self.models[name].parameters():
@@ -271,10 +270,6 @@ class Trainer:
 def _attention_backend(device: torch.device):
     """On the CPU, attention through plain matmuls: with 76 tokens it is faster than the CPU flash kernel
     (whose backward took a quarter of a step); elsewhere the default choice."""
-    from contextlib import nullcontext
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
 
 
@@ -282,9 +277,6 @@ def parse_category_weights(text: str | None) -> dict[str, float] | None:
     """``"position=3,color_attr=3"`` -> ``{"position": 3.0, "color_attr": 3.0}`` (categories not named weigh 1);
     ``None`` or ``""`` -> ``None`` (uniform). Raises ``argparse.ArgumentTypeError`` on a malformed entry,
     an unknown category or a bad weight."""
-    from .grammar import category_probabilities
-    from .world import MiniWorldError
-
     if not text:
         return None
     weights = {}
