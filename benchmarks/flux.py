@@ -173,7 +173,7 @@ def build_variant(variant: str, config: dict, device, dtype: torch.dtype, seed: 
     Every block gets the same random weights for every variant (seeded by its index) before it is
     converted, so variants differ only by their arithmetic.
     """
-    from torch_ternary.flux import build_flux
+    from torch_ternary.testing.flux import build_flux
 
     t0 = time.perf_counter()
     model = build_flux(config, device="meta", dtype=dtype)
@@ -317,7 +317,7 @@ def grad_context(kind: str):
 
 def run_variant(variant: str, args, config: dict, inputs: dict, use_torchao: bool) -> list[dict]:
     """Build one variant, measure it eagerly and compiled; one result row per mode."""
-    from torch_ternary.report import model_nbytes
+    from torch_ternary.quantization.report import model_nbytes
 
     rows = []
     label = peer_label(use_torchao) if variant == "peer_fp8" else variant
@@ -461,12 +461,14 @@ def measure_sqnr(config_name: str = "small", seeds=(0, 1, 2), grid: int = 16, te
     kernels); each seed is a new model and new inputs (``grid x grid`` image + ``text_tokens`` text
     tokens, so the attention / MLP linears have > 16 rows and take the A8 path; the AdaLN linears
     run at M = 1 and keep 16-bit activations). The ternary codes are computed once per seed and
-    the activation mode switched with ``ops_a8.set_activations``.
+    the activation mode switched with ``set_activations``.
     """
-    from torch_ternary import TernaryConfig, ops_a8, quantize_
-    from torch_ternary.flux import FLUX_SMALL_CONFIG, FLUX_TINY_CONFIG, build_flux, example_inputs
-
     from diffusers.utils import logging as diffusers_logging
+
+    from torch_ternary import TernaryConfig, quantize_
+    from torch_ternary.ops import ternary_linear_a8 as ops_a8
+    from torch_ternary.quantization.activations import set_activations
+    from torch_ternary.testing.flux import FLUX_SMALL_CONFIG, FLUX_TINY_CONFIG, build_flux, example_inputs
 
     diffusers_logging.set_verbosity_error()  # .to(bfloat16) of a fresh model warns about fp32 modules it lacks
     config = {"small": FLUX_SMALL_CONFIG, "tiny": FLUX_TINY_CONFIG}[config_name]
@@ -487,11 +489,11 @@ def measure_sqnr(config_name: str = "small", seeds=(0, 1, 2), grid: int = 16, te
             model = build_flux(config, seed=seed)
             quantize_(model, TernaryConfig())
             for mode in ops_a8.ACTIVATION_MODES:
-                ops_a8.set_activations(model, mode)
+                set_activations(model, mode)
                 row[f"ternary_{mode}"] = sqnr_db(ref, model(**inputs)[0])
-            y16 = (ops_a8.set_activations(model, "16bit"), model(**inputs)[0])[1]
+            y16 = (set_activations(model, "16bit"), model(**inputs)[0])[1]
             for mode in ("int8", "fp8"):
-                ops_a8.set_activations(model, mode)
+                set_activations(model, mode)
                 row[f"ternary_{mode}_vs_ternary_16bit"] = sqnr_db(y16, model(**inputs)[0])
         per_seed.append(row)
         print(json.dumps(row), flush=True)
@@ -537,9 +539,9 @@ def _cast(inputs: dict) -> dict:
 def mini_flux_a8_quality(modes=("16bit", "int8", "fp8"), seeds=(0, 1), device: str = "cpu") -> dict:
     """HOOK for the A8 quality score on the trained Mini FLUX (``torch_ternary.mini``): the shipped
     ternary pipeline, scored with ``mini.score`` over the evaluation prompts for each activation
-    mode (same codes, ``ops_a8.set_activations``). Raises RuntimeError (with the reason) until the
+    mode (same codes, ``set_activations``). Raises RuntimeError (with the reason) until the
     Mini FLUX weights and ``load_pipeline`` exist."""
-    from torch_ternary import ops_a8
+    from torch_ternary.quantization.activations import set_activations
 
     try:
         from torch_ternary.mini import evaluation_prompts, load_pipeline, score
@@ -550,9 +552,9 @@ def mini_flux_a8_quality(modes=("16bit", "int8", "fp8"), seeds=(0, 1), device: s
                            "run `python benchmarks/flux.py --mini` once it is shipped") from exc
     out = {}
     for mode in modes:
-        ops_a8.set_activations(pipe.transformer, mode)
+        set_activations(pipe.transformer, mode)
         out[mode] = score(pipe, evaluation_prompts(), list(seeds))
-    ops_a8.set_activations(pipe.transformer, "16bit")
+    set_activations(pipe.transformer, "16bit")
     return {"benchmark": "a8_mini_quality", "seeds": list(seeds), "scores": out}
 
 
@@ -626,7 +628,7 @@ def main(argv=None) -> int:
         print("benchmarks/flux.py needs a CUDA GPU for the FLUX.1-dev run (none found). Use --config small for "
               "a CPU smoke run, --sqnr for the CPU accuracy run; see benchmarks/run_gpu.sh", file=sys.stderr)
         return 2
-    from torch_ternary.flux import FLUX_DEV_CONFIG, FLUX_SMALL_CONFIG, example_inputs
+    from torch_ternary.testing.flux import FLUX_DEV_CONFIG, FLUX_SMALL_CONFIG, example_inputs
 
     config = FLUX_DEV_CONFIG if args.config == "dev" else FLUX_SMALL_CONFIG
     gh, gw = args.height // PIXELS_PER_TOKEN, args.width // PIXELS_PER_TOKEN

@@ -18,10 +18,10 @@ import time
 import torch
 
 from torch_ternary import TernaryConfig, TernaryTensor, quantize_
-from torch_ternary.base3 import encode_base3
-from torch_ternary.flux import FLUX_DEV_CONFIG, build_flux
-from torch_ternary.report import model_nbytes
-from torch_ternary.serialization import payload_nbytes
+from torch_ternary.format.base3 import encode_base3
+from torch_ternary.format.state_dict import payload_nbytes
+from torch_ternary.quantization.report import model_nbytes
+from torch_ternary.testing.flux import FLUX_DEV_CONFIG, build_flux
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import write_results  # noqa: E402

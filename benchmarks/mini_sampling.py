@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mini_validation_captions, write_results  # noqa: E402
 
+from torch_ternary.format.atomic import atomic_write  # noqa: E402
 from torch_ternary.mini import load_pipeline, score  # noqa: E402
 from torch_ternary.mini.pipeline import META_FILE, set_sampling  # noqa: E402
-from torch_ternary.serialization import atomic_write  # noqa: E402
 
 
 def main() -> None:

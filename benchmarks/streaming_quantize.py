@@ -47,7 +47,7 @@ SHARD_SIZE = {"dev": "10GB", "small": "2MB"}
 
 
 def flux_config(name: str) -> dict:
-    from torch_ternary import flux
+    from torch_ternary.testing import flux
 
     return dict(getattr(flux, CONFIGS[name]))
 
@@ -63,17 +63,9 @@ def peak_rss_bytes() -> int:
 # ---------------------------------------------------------------------- 1. writer
 def write_random_flux(config_name: str, out: Path, seed: int = 0) -> dict:
     """A diffusers-layout dense bf16 folder of a random-weight FLUX transformer, written tensor by tensor."""
-    from torch_ternary.flux import build_flux
-    from torch_ternary.serialization import (
-        INDEX_SUFFIX,
-        WEIGHTS_NAME,
-        _model_config_dict,
-        _Planned,
-        _shard_names,
-        _split,
-        parse_size,
-        write_safetensors_streaming,
-    )
+    from torch_ternary.format.folder import INDEX_SUFFIX, WEIGHTS_NAME, _model_config_dict, parse_size
+    from torch_ternary.format.streaming import _Planned, _shard_names, _split, write_safetensors_streaming
+    from torch_ternary.testing.flux import build_flux
 
     meta = build_flux(flux_config(config_name), device="meta", dtype=torch.bfloat16)
     state = meta.state_dict()
@@ -110,8 +102,8 @@ def child_quantize(src: Path, dst2: Path, dst3: Path, check: str | None) -> dict
 
     import torch_ternary  # noqa: F401  (registers the quantizer)
     from torch_ternary import TernaryConfig, TernaryTensor
-    from torch_ternary.report import model_nbytes
-    from torch_ternary.serialization import save_quantized_folder
+    from torch_ternary.format.folder import save_quantized_folder
+    from torch_ternary.quantization.report import model_nbytes
 
     t0 = time.perf_counter()
     model = FluxTransformer2DModel.from_pretrained(src, quantization_config=TernaryConfig(), torch_dtype=torch.bfloat16)
@@ -131,7 +123,7 @@ def child_quantize(src: Path, dst2: Path, dst3: Path, check: str | None) -> dict
     }
     if check == "small":  # the same weights through quantize_ give the same model, bit for bit
         from torch_ternary import quantize_
-        from torch_ternary.flux import example_inputs
+        from torch_ternary.testing.flux import example_inputs
 
         ref = FluxTransformer2DModel.from_pretrained(src, torch_dtype=torch.bfloat16)
         quantize_(ref, TernaryConfig())
@@ -151,7 +143,8 @@ def child_reload(dst3: Path, dst2: Path) -> dict:
 
     import torch_ternary  # noqa: F401
     from torch_ternary import TernaryTensor
-    from torch_ternary.serialization import CODES_SUFFIX, read_folder_header
+    from torch_ternary.format.folder import read_folder_header
+    from torch_ternary.format.header import CODES_SUFFIX
 
     t0 = time.perf_counter()
     model = FluxTransformer2DModel.from_pretrained(dst3)  # no config, no dtype: both come from the folder

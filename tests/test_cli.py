@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from torch_ternary import TernaryConfig, load_quantized, quantize_
 from torch_ternary.cli import main
-from torch_ternary.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
+from torch_ternary.testing.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
 
 
 def cli(*args):
@@ -33,7 +33,7 @@ def one_line_error(capsys, rc, *fragments):
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    from torch_ternary.pipelines import build_flux_pipeline
+    from torch_ternary.testing.pipelines import build_flux_pipeline
 
     path = tmp_path_factory.mktemp("cli") / "pipe"
     build_flux_pipeline().save_pretrained(path)

@@ -47,7 +47,7 @@ def template(tmp_path_factory):
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from torch_ternary.pipelines import build_flux_pipeline
+    from torch_ternary.testing.pipelines import build_flux_pipeline
 
     root = tmp_path_factory.mktemp("docs")
     pipe = build_flux_pipeline(vae_config=DOCS_VAE, t5_max_length=512, dtype=torch.bfloat16)

@@ -9,7 +9,7 @@ from torch import nn
 
 from torch_ternary import TernaryTensor, UnsupportedDeviceError, UnsupportedOperationError
 from torch_ternary.errors import InvalidWeightError, TernaryFormatError
-from torch_ternary.quant_math import ternarize
+from torch_ternary.quantization.absmean import ternarize
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_from_float_equals_ternarize():
 
 
 def test_from_float_in_row_blocks(monkeypatch):
-    import torch_ternary.ops as ops
+    from torch_ternary.ops import ternary_linear as ops
 
     w = torch.randn(33, 20)
     whole = TernaryTensor.from_float(w, "per_tensor")

@@ -6,9 +6,13 @@ Public API::
     report = quantize_(pipe.transformer, TernaryConfig())
     save_quantized(pipe.transformer, "transformer.safetensors")
     load_quantized(meta_built_transformer, "transformer.safetensors")
+
+The package is grouped by layer (docs/architecture.md): ``ops`` (custom ops) and ``kernels`` (CUDA),
+``tensor`` (``TernaryTensor``), ``quantization`` (``TernaryConfig``, ``quantize_``), ``format`` (files),
+``integrations`` (diffusers), ``testing`` (offline tiny models), ``calibration``, ``mini``.
 """
 
-from .config import TernaryConfig
+from . import _legacy
 from .errors import (
     ArchitectureMismatchError,
     InvalidWeightError,
@@ -18,9 +22,10 @@ from .errors import (
     UnsupportedDeviceError,
     UnsupportedOperationError,
 )
-from .quantize import quantize_
-from .report import QuantizationReport
-from .serialization import load_quantized, save_quantized
+from .format.single_file import load_quantized, save_quantized
+from .quantization.config import TernaryConfig
+from .quantization.quantize import quantize_
+from .quantization.report import QuantizationReport
 from .tensor import TernaryTensor
 from .kernels import register as _register_kernels; _register_kernels()  # noqa: E702  (CUDA kernels; no-op on CPU)
 
@@ -29,6 +34,16 @@ __version__ = "0.1.0"
 from .integrations import install as _install_integrations  # noqa: E402  (diffusers quantizer; imports nothing heavy)
 
 _install_integrations()
+_legacy.install()
+
+
+def __getattr__(name: str):
+    """0.1.0's top-level modules (``torch_ternary.ops_a8``, ``torch_ternary.serialization``, ...), see :mod:`._legacy`."""
+    module = _legacy.resolve(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return module
+
 
 __all__ = [
     "ArchitectureMismatchError",

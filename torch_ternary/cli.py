@@ -24,9 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import PRESETS
 from .errors import TernaryError
-from .quant_math import GRANULARITIES
+from .quantization.absmean import GRANULARITIES
+from .quantization.config import PRESETS
 
 EXIT_USAGE = 2
 _DTYPES = ("bfloat16", "float16", "float32")
@@ -44,7 +44,7 @@ def _torch_dtype(name: str | None):
 
 
 def _ternary_config(args):
-    from .config import TernaryConfig
+    from .quantization.config import TernaryConfig
 
     return TernaryConfig(
         granularity=args.granularity, group_size=args.group_size, preset=args.preset,
@@ -111,7 +111,7 @@ def cmd_quantize(args) -> int:
         if dst.suffix != ".safetensors":
             raise UserError(f"{dst}: a plain safetensors input gives a single file: name it *.safetensors")
         _prepare_dst(dst, args.force, is_dir=False)
-        from .serialization import quantize_file
+        from .format.convert import quantize_file
 
         stats = quantize_file(src, dst, config, codec=args.format, dtype=dtype, progress=not args.quiet)
         print(f"{src} -> {dst}: {stats['ternary_layers']} ternary layers "
@@ -146,9 +146,9 @@ def _quantize_model_folder(src: Path, dst: Path, config, args, dtype) -> None:
 
     if not register_diffusers():
         raise UserError("quantizing a diffusers folder needs diffusers: pip install 'torch-ternary[diffusers]'")
+    from .format.folder import save_quantized_folder
     from .integrations.diffusers_quantizer import TernaryDiffusersQuantizer, TernaryQuantizationConfig
-    from .report import model_nbytes
-    from .serialization import save_quantized_folder
+    from .quantization.report import model_nbytes
 
     cfg = _read_json(src / "config.json")
     if isinstance(cfg.get("quantization_config"), dict):
@@ -201,7 +201,8 @@ def _plain_file_info(path: Path) -> dict:
 
 
 def _info(path: Path, with_layers: bool) -> dict:
-    from .serialization import HEADER_KEY, folder_files, parse_header
+    from .format.folder import folder_files
+    from .format.header import HEADER_KEY, parse_header
 
     if path.is_file():
         from safetensors import SafetensorError, safe_open
@@ -230,7 +231,7 @@ def _info(path: Path, with_layers: bool) -> dict:
         files = sorted(set(key_files.values()))
         size = sum(p.stat().st_size for p in files)
         qc = cfg.get("quantization_config")
-        from .serialization import read_header
+        from .format.single_file import read_header
 
         try:
             header = read_header(files[0])
@@ -309,7 +310,7 @@ def cmd_generate(args) -> int:
     max_len = args.max_sequence_length or min(512, getattr(tok2, "model_max_length", 512) or 512)
     kwargs["max_sequence_length"] = max_len
     image = pipe(**kwargs).images[0]
-    from .serialization import atomic_write
+    from .format.atomic import atomic_write
 
     atomic_write(out, lambda tmp: image.save(tmp, format="PNG"))
     print(f"wrote {out} ({image.width}x{image.height}, {args.steps} steps, seed {args.seed})")

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import TernaryConfig, quantize_
 from .demo_flux import flux_dev_size_report
-from .report import model_nbytes
+from .quantization.report import model_nbytes
 
 #: One prompt per category, all from the held-out evaluation set (never seen in training).
 DEMO_PROMPTS = (

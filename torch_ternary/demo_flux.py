@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from . import TernaryConfig, load_quantized, quantize_, save_quantized
-from .flux import FLUX_DEV_CONFIG, FLUX_SMALL_CONFIG, build_flux, example_inputs
-from .serialization import payload_nbytes
+from .format.state_dict import payload_nbytes
+from .testing.flux import FLUX_DEV_CONFIG, FLUX_SMALL_CONFIG, build_flux, example_inputs
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import return_and_correct_aliasing
 
-from . import ops as _ops  # noqa: F401  (registers torch.ops.torch_ternary.*)
-from . import ops_a8 as _ops_a8  # registers torch.ops.torch_ternary.linear_a8
-from . import packing
 from .errors import TernaryFormatError, UnsupportedDeviceError, UnsupportedOperationError
-from .quant_math import absmean_scale, check_weight, num_groups, resolve_group_size, ternary_codes
+from .format import packing
+from .ops import ternary_linear as _ops  # registers torch.ops.torch_ternary.*
+from .ops import ternary_linear_a8 as _ops_a8  # registers torch.ops.torch_ternary.linear_a8
+from .quantization.absmean import absmean_scale, check_weight, num_groups, resolve_group_size, ternary_codes
 
 aten = torch.ops.aten
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda", "meta")
@@ -43,14 +43,14 @@ class TernaryTensor(torch.Tensor):
 
     Inner tensors (what ``__tensor_flatten__`` exposes):
 
-    * ``packed``: uint8 ``[N, ceil(K/16) * 4]``, the layout of :mod:`torch_ternary.packing`.
+    * ``packed``: uint8 ``[N, ceil(K/16) * 4]``, the layout of :mod:`torch_ternary.format.packing`.
     * ``scale``: float32 ``[1, 1]`` (per tensor), ``[N, 1]`` (per channel) or
       ``[N, ceil(K/G)]`` (per group of ``G`` inputs).
 
     Metadata: logical ``shape`` ``(N, K)``, logical ``dtype`` (what ``dequantize()`` returns
     and what the module reports), ``group_size`` ``G`` (``K`` unless per group), and
     ``activations``: ``"16bit"`` (default), ``"int8"`` or ``"fp8"``, how ``F.linear`` treats the
-    activations (8-bit: per-token quantized, ``torch_ternary::linear_a8``; see :mod:`torch_ternary.ops_a8`).
+    activations (8-bit: per-token quantized, ``torch_ternary::linear_a8``; see :mod:`torch_ternary.ops.ternary_linear_a8`).
     """
 
     packed: torch.Tensor
@@ -111,7 +111,7 @@ class TernaryTensor(torch.Tensor):
         dtype: torch.dtype | None = None,
         activations: str = "16bit",
     ) -> "TernaryTensor":
-        """Quantize a dense weight with absmean ternarization (see :mod:`torch_ternary.quant_math`).
+        """Quantize a dense weight with absmean ternarization (see :mod:`torch_ternary.quantization.absmean`).
 
         Works row block by row block, so it never holds more than a bounded slice of float32
         copies of ``weight``. A meta ``weight`` gives a meta ``TernaryTensor`` of the right shapes.
@@ -121,7 +121,7 @@ class TernaryTensor(torch.Tensor):
             granularity: ``per_tensor``, ``per_channel`` or ``per_group``.
             group_size: ``G`` for ``per_group`` (multiple of 16; clipped to ``K``).
             dtype: logical dtype of the result (default: ``weight.dtype``).
-            activations: ``"16bit"``, ``"int8"`` or ``"fp8"`` (see :mod:`torch_ternary.ops_a8`).
+            activations: ``"16bit"``, ``"int8"`` or ``"fp8"`` (see :mod:`torch_ternary.ops.ternary_linear_a8`).
         """
         _ops_a8.check_activation_mode(activations)
         check_weight(weight)

@@ -9,7 +9,12 @@ from safetensors.torch import load_file
 
 from torch_ternary import TernaryConfigError, TernaryTensor
 from torch_ternary.calibration import (
-    CalibrationConfig, DistillConfig, TrajectoryDataset, TrajectoryError, calibrate, record_trajectories,
+    CalibrationConfig,
+    DistillConfig,
+    TrajectoryDataset,
+    TrajectoryError,
+    calibrate,
+    record_trajectories,
 )
 from torch_ternary.mini.pipeline import build_pipeline
 

@@ -4,7 +4,11 @@ from torch import nn
 
 from torch_ternary import InvalidWeightError, TernaryConfig, TernaryTensor, quantize_
 from torch_ternary.calibration.layerwise import (
-    GramRecorder, alternate, calibrate_weight, layerwise_calibrate, relative_output_error,
+    GramRecorder,
+    alternate,
+    calibrate_weight,
+    layerwise_calibrate,
+    relative_output_error,
 )
 
 

@@ -3,7 +3,12 @@ import json
 import pytest
 
 from torch_ternary.calibration.prompts import (
-    CATEGORIES, PromptSourceError, builtin_prompts, compositional_prompt, load_prompts, prompts_from_file,
+    CATEGORIES,
+    PromptSourceError,
+    builtin_prompts,
+    compositional_prompt,
+    load_prompts,
+    prompts_from_file,
 )
 
 

@@ -3,7 +3,11 @@ from torch import nn
 
 from torch_ternary import TernaryConfig, TernaryTensor, quantize_
 from torch_ternary.calibration.trainable import (
-    TrainableTernaryLinear, export_ternary, make_trainable, round_ste, ste_ternary_weight,
+    TrainableTernaryLinear,
+    export_ternary,
+    make_trainable,
+    round_ste,
+    ste_ternary_weight,
 )
 
 

@@ -65,7 +65,7 @@ def test_single_file_loads_bit_identically(case, plain):
 
 
 def test_sharded_folder_loads_bit_identically(plain):
-    from torch_ternary.serialization import load_quantized_folder
+    from torch_ternary.format.folder import load_quantized_folder
 
     spec = EXPECTED["folder"]
     same = EXPECTED["cases"][spec["same_as"]]
@@ -80,7 +80,7 @@ def test_sharded_folder_loads_bit_identically(plain):
 def test_diffusers_folder_loads_bit_identically(plain):
     from diffusers import FluxTransformer2DModel
 
-    from torch_ternary.flux import FLUX_TINY_CONFIG, example_inputs
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, example_inputs
 
     spec = EXPECTED["diffusers"]
     model = FluxTransformer2DModel.from_pretrained(GOLDEN / spec["folder"])

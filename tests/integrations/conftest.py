@@ -20,7 +20,7 @@ def generate(pipe, steps=2, seed=0, **kw):
 @pytest.fixture(scope="session")
 def dense_folder(tmp_path_factory):
     """A dense bf16 tiny FLUX transformer saved by diffusers in the sharded layout (8 shards)."""
-    from torch_ternary.flux import FLUX_TINY_CONFIG, build_flux
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, build_flux
 
     path = tmp_path_factory.mktemp("dense") / "transformer"
     build_flux(FLUX_TINY_CONFIG, dtype=torch.bfloat16).save_pretrained(path, max_shard_size="20KB")
@@ -30,6 +30,6 @@ def dense_folder(tmp_path_factory):
 @pytest.fixture
 def inputs():
     """One transformer step's inputs for the tiny config, bf16."""
-    from torch_ternary.flux import FLUX_TINY_CONFIG, example_inputs
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, example_inputs
 
     return example_inputs(FLUX_TINY_CONFIG, dtype=torch.bfloat16)

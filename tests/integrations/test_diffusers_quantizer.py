@@ -18,14 +18,10 @@ from torch_ternary import (
     TernaryTensor,
     quantize_,
 )
-from torch_ternary.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
+from torch_ternary.format.folder import load_quantized_folder, read_folder_header, save_quantized_folder
+from torch_ternary.format.header import HEADER_KEY
 from torch_ternary.integrations import TernaryQuantizationConfig
-from torch_ternary.serialization import (
-    HEADER_KEY,
-    load_quantized_folder,
-    read_folder_header,
-    save_quantized_folder,
-)
+from torch_ternary.testing.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
 
 
 def ternary_names(model):

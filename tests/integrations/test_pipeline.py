@@ -6,7 +6,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 
 from torch_ternary import TernaryConfig, TernaryTensor, UnsupportedOperationError, quantize_
 from torch_ternary import tensor as ternary_tensor
-from torch_ternary.pipelines import build_flux_pipeline
+from torch_ternary.testing.pipelines import build_flux_pipeline
 
 from .conftest import generate
 

@@ -1,6 +1,6 @@
 """GPU tests of the W1.58A8 path (skipped without a CUDA GPU of sm_80+ and CuPy).
 
-* ``cuda/act_quant.cu`` is bit-exact against :func:`torch_ternary.ops_a8.quantize_activations`
+* ``cuda/act_quant.cu`` is bit-exact against :func:`torch_ternary.ops.ternary_linear_a8.quantize_activations`
   (codes, scales, zero pad; any row stride / alignment; zero, tiny, NaN and inf rows);
 * ``cuda/a8_weights.cu`` writes exactly the codes (int8, or e4m3 -1 / 0 / +1), zero pads;
 * ``cuda/a8_epilogue.cu`` is bit-exact against the float32 torch formula;
@@ -20,7 +20,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torch_ternary import TernaryTensor, ops_a8, packing
+from torch_ternary import TernaryTensor
+from torch_ternary.format import packing
+from torch_ternary.ops import ternary_linear_a8 as ops_a8
 
 
 def _gpu_ok() -> bool:

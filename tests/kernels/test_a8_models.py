@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from torch_ternary import ops_a8, packing
+from torch_ternary.format import packing
 from torch_ternary.kernels import a8, loader
+from torch_ternary.ops import ternary_linear_a8 as ops_a8
 
 
 def byte_perm(x: np.ndarray, y: np.ndarray, sel: int) -> np.ndarray:

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import torch_ternary.kernels as K
-from torch_ternary import ops, ops_a8, packing
 from torch_ternary.errors import UnsupportedDeviceError, UnsupportedOperationError
+from torch_ternary.format import packing
 from torch_ternary.kernels import a8, dispatch
+from torch_ternary.ops import ternary_linear as ops
+from torch_ternary.ops import ternary_linear_a8 as ops_a8
 
 _OPDEFS = {"linear": ops.linear, "unpack": ops.unpack, "dequantize": ops.dequantize, "linear_a8": ops_a8.linear_a8}
 

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torch_ternary import ops, packing
-from torch_ternary.quant_math import num_groups
+from torch_ternary.format import packing
+from torch_ternary.ops import ternary_linear as ops
+from torch_ternary.quantization.absmean import num_groups
 
 
 def _gpu_ok() -> bool:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from torch_ternary import packing
+from torch_ternary.format import packing
 from torch_ternary.kernels.common import emulate_group_div, group_div
-from torch_ternary.quant_math import num_groups
+from torch_ternary.quantization.absmean import num_groups
 
 from . import emulate
 

@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from torch_ternary import ops, ops_a8, packing
+from torch_ternary.format import packing
 from torch_ternary.kernels import a8, common, decode, gemm, gemv, loader
 from torch_ternary.kernels.common import emulate_group_div
-from torch_ternary.quant_math import num_groups
+from torch_ternary.ops import ternary_linear as ops
+from torch_ternary.ops import ternary_linear_a8 as ops_a8
+from torch_ternary.quantization.absmean import num_groups
 
 from . import emulate
 from .test_kernel_models import dense_reference

@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import TernaryConfig
 from ..errors import TernaryConfigError
-from ..quantize import quantize_
+from ..quantization.config import TernaryConfig
+from ..quantization.quantize import quantize_
 from .distill import DistillConfig, config_dict, distill
 from .layerwise import layerwise_calibrate
 from .trainable import export_ternary, make_trainable

@@ -62,7 +62,8 @@ def _load_pipe(spec: str, device: str):
 
 
 def cmd_calibrate(args) -> int:
-    from ..serialization import atomic_write, save_quantized
+    from ..format.atomic import atomic_write
+    from ..format.single_file import save_quantized
     from .calibrate import CalibrationConfig, calibrate
     from .distill import DistillConfig, config_dict
     from .prompts import load_prompts

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..serialization import atomic_write
+from ..format.atomic import atomic_write
 from .encoder_data import EncoderDistillData
 from .trajectories import TrajectoryDataset
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..quant_math import SCALE_EPS, check_weight
+from ..quantization.absmean import SCALE_EPS, check_weight
 from ..tensor import TernaryTensor
 
 #: Starting zero-thresholds, in units of mean|w| of the row (0.7 is the TWN rule of thumb).

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant_math import expand_scale
+from ..quantization.absmean import expand_scale
 from ..tensor import TernaryTensor
 
 

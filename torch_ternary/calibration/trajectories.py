@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import TernaryError
-from ..serialization import atomic_write
+from ..format.atomic import atomic_write
 
 MANIFEST = "manifest.json"
 

@@ -40,11 +40,10 @@ from diffusers.quantizers.base import DiffusersQuantizer
 from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 from torch import nn
 
-from ..config import TernaryConfig
 from ..errors import ArchitectureMismatchError, TernaryConfigError, TernaryFormatError
-from ..quant_math import check_weight
-from ..quantize import select_linears
-from ..serialization import (
+from ..format.codes import ternary_from_stored
+from ..format.folder import quantization_config_dict
+from ..format.header import (
     _DTYPES,
     CODECS,
     CODES_SUFFIX,
@@ -52,12 +51,13 @@ from ..serialization import (
     HEADER_KEY,
     SCALE_SUFFIX,
     check_crc,
-    flatten_state_dict,
     parse_header,
-    quantization_config_dict,
-    release_freed_memory,
-    ternary_from_stored,
 )
+from ..format.memory import release_freed_memory
+from ..format.state_dict import flatten_state_dict
+from ..quantization.absmean import check_weight
+from ..quantization.config import TernaryConfig
+from ..quantization.quantize import select_linears
 from ..tensor import TernaryTensor
 
 
@@ -289,7 +289,7 @@ class TernaryDiffusersQuantizer(DiffusersQuantizer):
                 if not any(name == m or name.startswith(m + ".") for m in self.modules_to_not_convert)
             }
             if self.show_progress:
-                from ..serialization import _progress
+                from ..format.streaming import _progress
 
                 self._bar = _progress(len(self._selected), "Ternarizing", True, unit="layer")
         # The item itself (not only the attribute): from_pretrained re-registers the config afterwards.

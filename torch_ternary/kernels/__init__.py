@@ -26,10 +26,11 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import ops, ops_a8
+from ..ops import ternary_linear as ops
+from ..ops import ternary_linear_a8 as ops_a8
 from . import dispatch
 from .a8 import a8_epilogue, a8_linear, a8_weight_workspace, quantize_activations_cuda
-from .common import HALF_DTYPES, DEQUANT_DTYPES, capability, device_index, unsupported_weight
+from .common import DEQUANT_DTYPES, HALF_DTYPES, capability, device_index, unsupported_weight
 from .decode import dequantize_cuda, unpack_cuda
 from .gemm import decode_cublas_linear, fused_linear
 from .gemv import skinny_linear

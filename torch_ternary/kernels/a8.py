@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from ..errors import UnsupportedOperationError
-from ..ops_a8 import A8_FORMATS, fp8_dtype, per_group_refusal
+from ..ops.ternary_linear_a8 import A8_FORMATS, fp8_dtype, per_group_refusal
 from . import loader
 from .common import capability, check_cuda, device_index, weight_args
 
@@ -84,7 +84,7 @@ def device_index_of(device: torch.device) -> int:
 def quantize_activations_cuda(x2: torch.Tensor, fmt: str,
                               k_cols: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax quantization in one kernel (``cuda/act_quant.cu``), bit-identical to
-    :func:`torch_ternary.ops_a8.quantize_activations` (plus the zero pad).
+    :func:`torch_ternary.ops.ternary_linear_a8.quantize_activations` (plus the zero pad).
 
     Args:
         x2: bfloat16 / float16 / float32 ``[M, K]`` on a CUDA device (copied to contiguous rows

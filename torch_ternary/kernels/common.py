@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from .. import packing
 from ..errors import UnsupportedDeviceError, UnsupportedOperationError
-from ..quant_math import GROUP_MULTIPLE, num_groups
+from ..format import packing
+from ..quantization.absmean import GROUP_MULTIPLE, num_groups
 from .loader import MIN_CAPABILITY
 
 #: Half-precision activation dtypes the GEMV / GEMM kernels take (fp32 goes to the reference).

@@ -1,8 +1,8 @@
 """Load the CUDA sources, compile them with NVRTC through CuPy, launch them on torch's stream.
 
-* Sources: ``cuda/*.cu`` at the top of the repository, shipped as the package
-  ``torch_ternary.kernels.cuda_src`` (``torch_ternary/kernels/cuda_src`` is a symlink to ``cuda/``)
-  and read with :mod:`importlib.resources`. ``#include "x.cuh"`` lines of our own headers are
+* Sources: ``cuda/*.cu`` at the top of the repository, shipped inside the wheel as the package data
+  ``torch_ternary.kernels.cuda_src`` (pyproject's ``package-dir`` maps it to ``cuda/``; no symlink) and
+  read with :mod:`importlib.resources`; an editable install reads the checkout's ``cuda/``. ``#include "x.cuh"`` lines of our own headers are
   inlined here, so NVRTC needs no include path and CuPy's compile cache (keyed by the source
   text, the options and the architecture) sees every byte that is compiled.
 * Compilation: ``cupy.RawModule(code=..., options=NVRTC_OPTIONS)``, once per (file, device) in
@@ -29,7 +29,7 @@ import torch
 
 from ..errors import TernaryError
 
-#: Package holding the .cu / .cuh files (a symlink to the repository's top-level cuda/ folder).
+#: Package holding the .cu / .cuh files in an installed wheel (the repository's top-level cuda/ folder).
 SOURCE_PACKAGE = "torch_ternary.kernels.cuda_src"
 #: Every kernel family, one source file each.
 SOURCE_FILES = ("decode.cu", "gemv.cu", "gemm.cu")

@@ -2,6 +2,7 @@
 
 - :mod:`.world`: 32x32 scenes of coloured circles, squares and triangles; specs, placement, renderer.
 - :mod:`.grammar`: captions <-> requests, the 72 evaluation prompts, the held-out training sampler.
+- :mod:`.data`: scenes drawn with their captions, training batches (``sample_scene``, ``render_batch``).
 - :mod:`.evaluate`: decides from pixels alone whether an image satisfies a caption.
 - :mod:`.text`, :mod:`.model`, :mod:`.pipeline`: the tiny CLIP/T5 encoders, the transformer config and
   pixel-space VAE, and the diffusers ``FluxPipeline`` around them (``load_pipeline``).
@@ -12,6 +13,7 @@
 See ``docs/mini.md``.
 """
 
+from .data import render_batch, sample_scene
 from .evaluate import DetectedObject, ImageFormatError, describe, evaluate, judge
 from .grammar import (
     CaptionError,
@@ -40,8 +42,6 @@ from .world import (
     SceneObject,
     realize,
     render,
-    render_batch,
-    sample_scene,
     satisfies,
 )
 

@@ -51,7 +51,6 @@ from .world import (
     Scene,
     SceneError,
     realize,
-    render_batch,  # re-exported: the training data in one call
 )
 
 

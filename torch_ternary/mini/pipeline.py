@@ -110,7 +110,7 @@ def load_pipeline(device: str | torch.device = "cpu", quantized: bool = False, p
     pipe = build_pipeline(**pipe_parts, vae_scaling=meta["vae_scaling"], vae_shift=meta["vae_shift"],
                           sampling=meta.get("sampling"))
     if quantized:
-        from ..serialization import load_quantized
+        from ..format.single_file import load_quantized
 
         load_quantized(pipe.transformer, folder / TERNARY_WEIGHTS_FILE)
     return pipe.to(device)

@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import UnsupportedDeviceError
-from ..serialization import atomic_write
+from ..format.atomic import atomic_write
 from .binding import BindingHeads, binding_targets_of_ids, pretrain_text_encoder
 from .grammar import category_probabilities
 from .model import TRANSFORMER_CONFIG, PixelSpaceVAE
@@ -60,10 +60,10 @@ class Trainer:
     """Holds the three trainable models, their EMA, the optimizer and the data stream."""
 
     def __init__(self, args: argparse.Namespace):
-        from . import world  # the procedural world (render_batch)
+        from . import data  # the procedural world's training batches (render_batch)
 
         self.args = args
-        self.world = world
+        self.data = data
         self.device = training_device(getattr(args, "device", "cpu"))
         torch.manual_seed(args.seed)  # seeds every device's generator
         self.rng = np.random.default_rng(args.seed)
@@ -100,13 +100,13 @@ class Trainer:
 
     def _latent_statistics(self) -> tuple[float, float]:
         """Shift and scale that give the pixel latents zero mean and unit variance (fixed data, seed 1234)."""
-        images, _ = self.world.render_batch(2048, np.random.default_rng(1234))
+        images, _ = self.data.render_batch(2048, np.random.default_rng(1234))
         x = torch.from_numpy(images).float() / 127.5 - 1
         return float(x.mean()), float(1.0 / x.std())
 
     # ------------------------------------------------------------------ one step
     def batch(self) -> tuple[torch.Tensor, list[str]]:
-        images, captions = self.world.render_batch(self.args.batch, self.rng, getattr(self.args, "category_weights", None))
+        images, captions = self.data.render_batch(self.args.batch, self.rng, getattr(self.args, "category_weights", None))
         drop = self.rng.random(len(captions)) < self.args.caption_dropout
         captions = ["" if d else c for d, c in zip(drop, captions)]
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32] in [-1, 1]

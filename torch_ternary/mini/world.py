@@ -410,30 +410,3 @@ def realize(request: Request, rng: np.random.Generator) -> Scene:
     else:
         kinds = [pick(d) for d in request.objects]
     return place_objects(kinds, rng, request.relation)
-
-
-def sample_scene(category: str, rng: np.random.Generator) -> tuple[Scene, str]:
-    """A random ``(scene, caption)`` of ``category``: a request drawn uniformly among all the requests
-    of that category (held-out ones included), its canonical caption, and a scene fulfilling it."""
-    from .grammar import caption, sample_request  # grammar imports this module
-
-    request = sample_request(category, rng)
-    return realize(request, rng), caption(request)
-
-
-def render_batch(n: int, rng: np.random.Generator,
-                 category_weights: dict[str, float] | None = None) -> tuple[np.ndarray, list[str]]:
-    """``n`` training examples (:func:`~torch_ternary.mini.grammar.sample_training_example`, categories
-    drawn with ``category_weights``, uniform when ``None``): uint8 ``[n, 32, 32, 3]`` RGB images and their
-    ``n`` captions (never an evaluation prompt)."""
-    from .grammar import sample_training_example  # grammar imports this module
-
-    if n < 0:
-        raise SceneError(f"n must be >= 0, got {n}")
-    images = np.zeros((n, CANVAS, CANVAS, 3), dtype=np.uint8)
-    captions = []
-    for i in range(n):
-        scene, text = sample_training_example(rng, category_weights)
-        images[i] = render(scene)
-        captions.append(text)
-    return images, captions

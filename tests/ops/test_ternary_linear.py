@@ -5,9 +5,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import torch_ternary.ops as ops
-from torch_ternary import packing
-from torch_ternary.quant_math import num_groups
+from torch_ternary.format import packing
+from torch_ternary.ops import ternary_linear as ops
+from torch_ternary.quantization.absmean import num_groups
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

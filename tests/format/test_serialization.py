@@ -9,11 +9,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 from torch_ternary import (
-    ArchitectureMismatchError, TernaryConfig, TernaryFormatError, TernaryTensor, UnsupportedDeviceError,
-    load_quantized, quantize_, save_quantized,
+    ArchitectureMismatchError,
+    TernaryConfig,
+    TernaryFormatError,
+    TernaryTensor,
+    UnsupportedDeviceError,
+    load_quantized,
+    quantize_,
+    save_quantized,
 )
-from torch_ternary.base3 import encoded_nbytes
-from torch_ternary.serialization import HEADER_KEY, read_header
+from torch_ternary.format.base3 import encoded_nbytes
+from torch_ternary.format.header import HEADER_KEY
+from torch_ternary.format.single_file import read_header
 
 
 class Net(nn.Module):
@@ -87,7 +94,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("torch_ternary.serialization.save_file", boom)
+    monkeypatch.setattr("torch_ternary.format.single_file.save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         save_quantized(net, path)
     assert path.read_bytes() == before
@@ -245,7 +252,7 @@ def test_tied_weights_survive(tmp_path):
 def test_payload_nbytes_predicts_the_file(tmp_path, codec):
     from safetensors import safe_open
 
-    from torch_ternary.serialization import payload_nbytes
+    from torch_ternary.format.state_dict import payload_nbytes
 
     net = quantized_net()
     path = save_quantized(net, tmp_path / "n.safetensors", codec=codec)

@@ -11,7 +11,7 @@ Layering (as in flash-attention's python side): these ops → :class:`~torch_ter
 
 Argument conventions shared by all ops:
 
-* ``packed``: uint8 ``[N, Kp / 4]``, the 2-bit layout of :mod:`torch_ternary.packing`.
+* ``packed``: uint8 ``[N, Kp / 4]``, the 2-bit layout of :mod:`torch_ternary.format.packing`.
 * ``scale``: float32 ``[S_n, S_k]`` with ``S_n`` in {1, N} and ``S_k = ceil(K / group_size)``.
 * ``in_features``: ``K``. ``group_size``: ``G`` (``K`` for per-tensor and per-channel scales).
 """
@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import packing
-from .quant_math import dequantize_codes, num_groups
+from ..format import packing
+from ..quantization.absmean import dequantize_codes, num_groups
 
 #: Most unpacked weights a reference kernel materializes at once (4 Mi: 8 MB in bf16).
 CHUNK_ELEMENTS = 1 << 22

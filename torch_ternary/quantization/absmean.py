@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from .errors import InvalidWeightError, TernaryConfigError
+from ..errors import InvalidWeightError, TernaryConfigError
 
 Granularity = Literal["per_tensor", "per_channel", "per_group"]
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")

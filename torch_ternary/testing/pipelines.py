@@ -7,7 +7,7 @@ a real FLUX pipeline (same classes, same call signature, ``save_pretrained`` / `
 round trip), only small. Used by the tests, the docs examples and ``torch-ternary generate``;
 reusable for any transformer / encoder configs (e.g. a trained mini pipeline)::
 
-    from torch_ternary.pipelines import build_flux_pipeline
+    from torch_ternary.testing.pipelines import build_flux_pipeline
     pipe = build_flux_pipeline()                      # tiny, random weights
     image = pipe("a red cube", num_inference_steps=2, height=16, width=16).images[0]
 

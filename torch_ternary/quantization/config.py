@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import TernaryConfigError
-from .ops_a8 import ACTIVATION_MODES, per_group_refusal
-from .quant_math import GRANULARITIES, resolve_group_size
-from .tensor import TernaryTensor
+from ..errors import TernaryConfigError
+from ..ops.ternary_linear_a8 import ACTIVATION_MODES, per_group_refusal
+from ..tensor import TernaryTensor
+from .absmean import GRANULARITIES, resolve_group_size
 
 PRESETS = ("auto", "flux", "all")
 
@@ -53,7 +53,7 @@ class TernaryConfig:
         min_in_features: linears with fewer inputs ``K`` stay dense.
         activations: ``"16bit"`` (default: activations stay in the model's dtype), ``"int8"`` or
             ``"fp8"``: large linears quantize activations per token to 8 bits and run on int8 / fp8
-            tensor cores (``torch_ternary.ops_a8``). 8-bit modes need ``per_channel`` or
+            tensor cores (``torch_ternary.ops.ternary_linear_a8``). 8-bit modes need ``per_channel`` or
             ``per_tensor`` granularity.
     """
 

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torch_ternary.base3 import decode_base3, encode_base3, encoded_nbytes
 from torch_ternary.errors import TernaryFormatError
+from torch_ternary.format.base3 import decode_base3, encode_base3, encoded_nbytes
 
 
 @given(shape=st.lists(st.integers(1, 23), min_size=1, max_size=3), seed=st.integers(0, 2**16))

@@ -37,8 +37,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ops, packing
-from .errors import TernaryConfigError, UnsupportedOperationError
+from ..errors import TernaryConfigError, UnsupportedOperationError
+from ..format import packing
+from . import ternary_linear
 
 #: Values of ``TernaryConfig.activations`` / ``TernaryTensor.activations``.
 ACTIVATION_MODES = ("16bit", "int8", "fp8")
@@ -115,7 +116,7 @@ def dequantize_activations(q: Tensor, s: Tensor, dtype: torch.dtype = torch.floa
 def check_a8_args(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], in_features: int,
                   group_size: int, fmt: str) -> None:
     """The argument checks of ``linear_a8``: those of ``linear``, a known ``fmt``, no per-group scales."""
-    ops._check_linear_args(x, packed, scale, bias, in_features, group_size)
+    ternary_linear._check_linear_args(x, packed, scale, bias, in_features, group_size)
     if fmt not in A8_FORMATS:
         raise ValueError(f"fmt must be one of {A8_FORMATS}, got {fmt!r}")
     if scale.shape[1] != 1:
@@ -143,7 +144,7 @@ def linear_a8(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], 
     Returns:
         ``x.dtype`` ``[..., N]``. The reference (plain torch, CPU and CUDA) simulates the
         quantization exactly (module docstring) and walks the outputs in row blocks of at most
-        ``ops.CHUNK_ELEMENTS`` weights.
+        ``ternary_linear.CHUNK_ELEMENTS`` weights.
     """
     check_a8_args(x, packed, scale, bias, in_features, group_size, fmt)
     n = packed.shape[0]
@@ -153,7 +154,7 @@ def linear_a8(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], 
     qf = q.to(exact_dtype)
     sw = weight_scale_vector(scale)
     out = x2.new_empty((x2.shape[0], n))
-    for n0, n1 in ops._row_blocks(n, in_features):
+    for n0, n1 in ternary_linear._row_blocks(n, in_features):
         codes = packing.unpack_codes(packed[n0:n1], in_features).to(exact_dtype)
         acc = (qf @ codes.T).float()
         w = sw if sw.shape[0] == 1 else sw[n0:n1]
@@ -171,12 +172,12 @@ def _linear_a8_fake(x, packed, scale, bias, in_features, group_size, fmt):
 
 
 def _linear_a8_setup(ctx, inputs, output):
-    ops._linear_setup(ctx, inputs[:6], output)  # the 7th input (activation format) needs no gradient
+    ternary_linear._linear_setup(ctx, inputs[:6], output)  # the 7th input (activation format) needs no gradient
 
 
 def _linear_a8_backward(ctx, grad):
     """Straight-through estimator: the gradients of the 16-bit ``torch_ternary::linear``."""
-    return (*ops._linear_backward(ctx, grad), None)
+    return (*ternary_linear._linear_backward(ctx, grad), None)
 
 
 linear_a8.register_autograd(_linear_a8_backward, setup_context=_linear_a8_setup)
@@ -185,42 +186,3 @@ linear_a8.register_autograd(_linear_a8_backward, setup_context=_linear_a8_setup)
 def uses_a8(activations: str, x: Tensor, in_features: int) -> bool:
     """Whether ``F.linear(x, w)`` with a weight of activation mode ``activations`` runs ``linear_a8``."""
     return activations != "16bit" and x.numel() >= A8_MIN_ROWS * max(in_features, 1)
-
-
-# --------------------------------------------------------------------------- model helper
-def set_activations(model: torch.nn.Module, activations: str) -> int:
-    """Switch every ternary weight of ``model`` to activation mode ``activations``, in place.
-
-    The codes and scales are untouched: one quantized model can be run with 16-bit, int8 and fp8
-    activations in turn. Switch before ``torch.compile`` (or expect a recompile).
-
-    Args:
-        model: a module holding :class:`~torch_ternary.TernaryTensor` parameters.
-        activations: one of :data:`ACTIVATION_MODES`.
-
-    Returns:
-        The number of ternary weights switched.
-
-    Raises:
-        TernaryConfigError: unknown mode, or an 8-bit mode while some weight has per-group scales
-            (nothing is changed then).
-    """
-    from .tensor import TernaryTensor
-
-    check_activation_mode(activations)
-    weights = {id(p): p for p in model.parameters() if isinstance(p, TernaryTensor)}
-    if activations != "16bit":
-        grouped = [p for p in weights.values() if p.scale.shape[1] > 1]
-        if grouped:
-            raise TernaryConfigError(per_group_refusal(f"{len(grouped)} weights are per group"))
-    for p in weights.values():
-        p.activations = activations
-    config = getattr(model, "_torch_ternary_config", None)  # what quantize_ recorded; files store it
-    if config is not None and hasattr(config, "activations"):
-        import dataclasses
-
-        try:
-            model._torch_ternary_config = dataclasses.replace(config, activations=activations)
-        except TernaryConfigError:  # a per-group config whose layers all had G >= K: keep it as it was
-            pass
-    return len(weights)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import TernaryFormatError
+from ..errors import TernaryFormatError
 
 LAYOUT = "k16-interleaved-v1"
 WEIGHTS_PER_WORD = 16

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from torch_ternary import TernaryConfig, TernaryTensor, load_quantized, quantize_, save_quantized
-from torch_ternary.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
+from torch_ternary.testing.flux import FLUX_TINY_CONFIG, build_flux, example_inputs
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_save_and_load_into_meta_flux(tmp_path, dtype):
 
 def test_small_flux_round_trip_gives_identical_outputs(tmp_path):
     """Bigger than the tiny config: dense layers large enough for CPU GEMMs to care about alignment."""
-    from torch_ternary.flux import FLUX_SMALL_CONFIG
+    from torch_ternary.testing.flux import FLUX_SMALL_CONFIG
 
     model = build_flux(FLUX_SMALL_CONFIG)
     quantize_(model, TernaryConfig())

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torch_ternary import packing
 from torch_ternary.errors import TernaryFormatError
+from torch_ternary.format import packing
 
 
 def _random_codes(n, k, seed):

@@ -13,8 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torch_ternary import TernaryConfig, TernaryTensor, load_quantized, ops_a8, packing, quantize_, save_quantized
+from torch_ternary import TernaryConfig, TernaryTensor, load_quantized, quantize_, save_quantized
 from torch_ternary.errors import TernaryConfigError, TernaryFormatError, UnsupportedOperationError
+from torch_ternary.format import packing
+from torch_ternary.ops import ternary_linear_a8 as ops_a8
+from torch_ternary.quantization.activations import set_activations
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -112,10 +115,10 @@ def test_per_group_is_refused_everywhere():
     model = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 8))
     quantize_(model, TernaryConfig(granularity="per_group", group_size=16))
     with pytest.raises(TernaryConfigError, match="per-group"):
-        ops_a8.set_activations(model, "int8")
+        set_activations(model, "int8")
     assert all(m.weight.activations == "16bit" for m in model)  # nothing changed
     with pytest.raises(TernaryConfigError):
-        ops_a8.set_activations(model, "int3")
+        set_activations(model, "int3")
 
 
 # ------------------------------------------------------------------------------- exactness
@@ -278,11 +281,11 @@ def test_set_activations_switches_a_quantized_model():
     quantize_(model, TernaryConfig())
     x = torch.randn(20, 40)
     y16 = model(x)
-    assert ops_a8.set_activations(model, "int8") == 2
+    assert set_activations(model, "int8") == 2
     assert model._torch_ternary_config.activations == "int8"  # files saved now say so
     y8 = model(x)
     assert not torch.equal(y8, y16) and torch.allclose(y8, y16, rtol=0.05, atol=0.05)
-    ops_a8.set_activations(model, "16bit")
+    set_activations(model, "16bit")
     assert torch.equal(model(x), y16)
 
 
@@ -292,7 +295,7 @@ def test_save_load_keeps_the_mode(tmp_path):
     quantize_(model, TernaryConfig(activations="fp8"))
     model[2].weight.activations = "int8"  # per layer
     path = save_quantized(model, tmp_path / "a8.safetensors")
-    from torch_ternary.serialization import read_header
+    from torch_ternary.format.single_file import read_header
 
     header = read_header(path)
     assert [header["ternary"][f"{i}.weight"]["activations"] for i in range(3)] == ["fp8", "fp8", "int8"]
@@ -308,7 +311,7 @@ def _rewrite_header(path, edit):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from torch_ternary.serialization import HEADER_KEY
+    from torch_ternary.format.header import HEADER_KEY
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -358,7 +361,7 @@ def test_int8_rounds_half_to_even():
 @pytest.fixture(scope="module")
 def tiny_flux_int8():
     pytest.importorskip("diffusers")
-    from torch_ternary.flux import FLUX_TINY_CONFIG, build_flux
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, build_flux
 
     dense = build_flux(FLUX_TINY_CONFIG, seed=0)
     model = build_flux(FLUX_TINY_CONFIG, seed=0)
@@ -372,7 +375,7 @@ def _sqnr_db(ref, out):
 
 def test_tiny_flux_int8_sqnr_close_to_16bit(tiny_flux_int8):
     """A8-int8's accuracy price on the tiny FLUX: within a few dB of 16-bit activations (same codes)."""
-    from torch_ternary.flux import FLUX_TINY_CONFIG, example_inputs
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, example_inputs
 
     model, dense = tiny_flux_int8
     inputs = example_inputs(FLUX_TINY_CONFIG, height=8, width=8, text_tokens=7)  # 71 tokens: A8 applies
@@ -381,17 +384,17 @@ def test_tiny_flux_int8_sqnr_close_to_16bit(tiny_flux_int8):
         with CountOps() as c:
             y8 = model(**inputs)[0]
         try:
-            ops_a8.set_activations(model, "16bit")
+            set_activations(model, "16bit")
             y16 = model(**inputs)[0]
         finally:
-            ops_a8.set_activations(model, "int8")
+            set_activations(model, "int8")
     assert c.counts.get("torch_ternary.linear_a8", 0) > 0
     sqnr16, sqnr8 = _sqnr_db(ref, y16), _sqnr_db(ref, y8)
     assert sqnr8 > sqnr16 - 3.0, (sqnr16, sqnr8)
 
 
 def test_tiny_flux_int8_compiles_fullgraph(tiny_flux_int8):
-    from torch_ternary.flux import FLUX_TINY_CONFIG, example_inputs
+    from torch_ternary.testing.flux import FLUX_TINY_CONFIG, example_inputs
 
     model, _ = tiny_flux_int8
     inputs = example_inputs(FLUX_TINY_CONFIG)
@@ -415,7 +418,7 @@ def _flux_bench():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "flux.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "flux.py"
     import sys
 
     if "tt_bench_flux" in sys.modules:
@@ -436,7 +439,7 @@ def test_flux_benchmark_exits_cleanly_without_a_gpu(capsys):
 
 def test_flux_benchmark_streamed_mlp_is_the_same_model():
     pytest.importorskip("diffusers")
-    from torch_ternary.flux import FLUX_SMALL_CONFIG, build_flux, example_inputs
+    from torch_ternary.testing.flux import FLUX_SMALL_CONFIG, build_flux, example_inputs
 
     bench = _flux_bench()
     model = build_flux(FLUX_SMALL_CONFIG, seed=1)

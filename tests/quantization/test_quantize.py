@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from torch_ternary import InvalidWeightError, TernaryConfig, TernaryConfigError, TernaryTensor, quantize_
-from torch_ternary.flux import FLUX_DEV_CONFIG, FLUX_TINY_CONFIG, build_flux
+from torch_ternary.testing.flux import FLUX_DEV_CONFIG, FLUX_TINY_CONFIG, build_flux
 
 
 def mlp():

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torch_ternary.errors import InvalidWeightError, TernaryConfigError
-from torch_ternary.quant_math import SCALE_EPS, absmean_scale, dequantize_codes, ternarize
+from torch_ternary.quantization.absmean import SCALE_EPS, absmean_scale, dequantize_codes, ternarize
 
 
 def _reference_ternarize(w: torch.Tensor, granularity: str, group_size: int):

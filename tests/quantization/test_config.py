@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from torch_ternary import TernaryConfig, TernaryConfigError
-from torch_ternary.quantize import select_linears
+from torch_ternary.quantization.quantize import select_linears
 
 
 class Toy(nn.Module):

@@ -6,11 +6,11 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import TernaryConfigError
+from ..tensor import TernaryTensor
+from .absmean import check_weight
 from .config import TernaryConfig, ternarize_linear
-from .errors import TernaryConfigError
-from .quant_math import check_weight
 from .report import QuantizationReport, model_nbytes
-from .tensor import TernaryTensor
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -45,7 +45,7 @@ def quantize_(model: nn.Module, config: TernaryConfig | None = None, filter_fn: 
         filter_fn: optional ``(module, name) -> bool``; a linear is ternarized only if it returns True.
 
     Returns:
-        A :class:`~torch_ternary.report.QuantizationReport`.
+        A :class:`~torch_ternary.quantization.report.QuantizationReport`.
     """
     config = TernaryConfig() if config is None else config
     if not isinstance(config, TernaryConfig):

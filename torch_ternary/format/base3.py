@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import TernaryFormatError
+from ..errors import TernaryFormatError
 
 TRITS_PER_BYTE = 5
 MAX_BYTE = 3**TRITS_PER_BYTE - 1  # 242

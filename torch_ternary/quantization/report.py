@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .tensor import TernaryTensor
+from ..tensor import TernaryTensor
 
 
 def tensor_nbytes(t: torch.Tensor) -> int:
