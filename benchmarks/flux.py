@@ -24,6 +24,7 @@ on the GPU in bf16 (never 24 GB of host RAM), each block quantized right after i
     python benchmarks/flux.py --config small                 # CPU smoke run of the same code paths
     python benchmarks/flux.py --sqnr                         # CPU: A8's accuracy price (FLUX_SMALL_CONFIG)
     python benchmarks/flux.py --mini                         # A8 quality on the trained Mini FLUX (when shipped)
+    python benchmarks/flux.py --modes eager --steps 1 --warmup 1 --plan   # no GPU: what a run would do (JSON)
 
 Activation memory: forwards run under ``torch.inference_mode``; the ternary paths free their decode
 workspace after every GEMM and cap the int8 GEMM's int32 accumulator at 64 MiB (row chunks);
@@ -558,6 +559,40 @@ def mini_flux_a8_quality(modes=("16bit", "int8", "fp8"), seeds=(0, 1), device: s
     return {"benchmark": "a8_mini_quality", "seeds": list(seeds), "scores": out}
 
 
+# ===================================================================================== plan
+def forwards_per_mode(mode: str, warmup: int, steps: int) -> int:
+    """Transformer forwards ``run_variant`` makes in one mode: (compiled: the compiling call), warm-up,
+    timed steps, the peak-memory forward and the output check."""
+    return (1 if mode == "compiled" else 0) + warmup + steps + 2
+
+
+def plan(args) -> dict:
+    """What ``main(args)`` will do, counted without a GPU or diffusers: builds, forwards, compilations, files."""
+    from torch_ternary.testing.flux import FLUX_DEV_CONFIG, FLUX_SMALL_CONFIG
+
+    config = FLUX_DEV_CONFIG if args.config == "dev" else FLUX_SMALL_CONFIG
+    blocks = config["num_layers"] + config["num_single_layers"]
+    gh, gw = args.height // PIXELS_PER_TOKEN, args.width // PIXELS_PER_TOKEN
+    per_variant = {m: forwards_per_mode(m, args.warmup, args.steps) for m in args.modes}
+    name = "flux_<gpu>" + ("_small" if args.config == "small" else "") + args.tag
+    return {
+        "benchmark": "flux",
+        "config": args.config,
+        "variants": list(args.variants),
+        "modes": list(args.modes),
+        "tokens": {"image": gh * gw, "text": args.text_tokens, "batch": args.batch},
+        "builds": len(args.variants),
+        "transformer_blocks": blocks,
+        "forwards": len(args.variants) * sum(per_variant.values()),
+        "forwards_per_variant_mode": per_variant,
+        "timed_steps": len(args.variants) * len(args.modes) * args.steps,
+        # regional compilation: every block compiled (fullgraph); the two block classes share their code
+        "compiled_blocks": len(args.variants) * blocks * ("compiled" in args.modes),
+        "torch_compile_compilations": len(args.variants) * len(BLOCK_LISTS) * ("compiled" in args.modes),
+        "outputs": [name + ".json"] + ([] if args.no_plot else [name + ".png"]),
+    }
+
+
 # ===================================================================================== main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -587,6 +622,7 @@ def parse_args(argv=None):
     p.add_argument("--merge", nargs="+", metavar="JSON", help="combine results files of several runs into one")
     p.add_argument("--sqnr", action="store_true", help="CPU accuracy run: writes a8_sqnr_cpu.json")
     p.add_argument("--mini", action="store_true", help="A8 quality on the trained Mini FLUX (when shipped)")
+    p.add_argument("--plan", action="store_true", help="print what the run would do (JSON) and exit; no GPU needed")
     args = p.parse_args(argv)
     small = args.config == "small"
     args.height = args.height or (256 if small else 1024)
@@ -599,6 +635,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plan:
+        print(json.dumps(plan(args)))
+        return 0
     if args.plot:
         path = Path(args.plot)
         payload = json.loads(path.read_text())

@@ -17,8 +17,10 @@ model (``--warm-l2`` turns this off). Per-tensor-shape per-channel scales, bias 
 activations. Every path's output is checked against cuBLAS (``max_rel_err`` in the JSON).
 
     python benchmarks/kernels.py                    # all shapes, M in {1, 16, 512, 4096, 4608}
+    python benchmarks/kernels.py --reduced          # benchmarks/run_gpu.sh's default: 2 shapes, 4 M, fewer repeats
     python benchmarks/kernels.py --quick            # two shapes, fewer repeats
     python benchmarks/kernels.py --plot results.json  # plot an existing results file (no GPU needed)
+    python benchmarks/kernels.py --reduced --plan   # no GPU: print what a run would do (JSON), run nothing
 
 Results: ``benchmarks/results/kernels_<gpu>.json`` (+ ``.png`` when matplotlib is installed), or
 under ``--out-dir``. Without a GPU it exits with a message.
@@ -46,6 +48,65 @@ SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (15360, 3072), (3072, 1843
 MS = [1, 16, 512, 4096, 4608]
 SKINNY_MAX_M = 64
 SKINNY_CONFIGS = [(1, 0), (2, 0), (1, 4), (1, 8), (2, 8)]  # (rows_per_warp, warps); warps 0 = auto
+#: ``--reduced`` (benchmarks/run_gpu.sh's default sweep): the attention and MLP-in shapes, the four M
+#: that decide the dispatch table (GEMV, the skinny limit, mid, FLUX's 4608 tokens), fewer repeats.
+REDUCED = {"shapes": SHAPES[:2], "ms": [1, 16, 512, 4608], "warmup": 5, "repeats": 10}
+
+
+def planned_paths(m: int, first_m: int) -> list[tuple[str, dict]]:
+    """The (path, config) rows ``bench_shape`` times at this M, in order (``--plan`` counts these)."""
+    rows = [("cublas_bf16", {})]
+    if m <= SKINNY_MAX_M:
+        rows += [("skinny", {"rows_per_warp": r, "warps": w}) for r, w in SKINNY_CONFIGS]
+    rows.append(("decode_cublas", {}))
+    if m == first_m:
+        rows.append(("decode_only", {}))
+    rows += [("fused_mma", {}), ("dispatched", {})]
+    return rows
+
+
+def inner_calls(m: int) -> int:
+    """Calls per timed repeat (and per captured CUDA graph)."""
+    return 50 if m <= SKINNY_MAX_M else 3
+
+
+def plan(args) -> dict:
+    """What ``run(args)`` will do, counted without a GPU: shapes, timed rows, kernel calls, compilations."""
+    shapes, ms = resolve(args)
+    rows = [(k, n, m, path, cfg) for k, n in shapes for m in ms for path, cfg in planned_paths(m, ms[0])]
+    # (the row loop of bench_shape iterates over planned_paths too; time_call's loops are counted below)
+
+    def gpu_calls(m):  # executed: the checked call, warm-up, eager repeats, the graph's warm replay and repeats
+        return 1 + args.warmup + args.repeats * inner_calls(m) + (1 + args.repeats) * inner_calls(m)
+
+    def host_launches(m):  # issued from Python: all but the graph replays, plus the capture itself
+        return 1 + args.warmup + args.repeats * inner_calls(m) + inner_calls(m)
+
+    return {
+        "benchmark": "kernels",
+        "shapes": [list(s) for s in shapes],
+        "ms": ms,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "timed_rows": len(rows),
+        "rows_per_path": {p: sum(r[3] == p for r in rows) for p in dict.fromkeys(r[3] for r in rows)},
+        "rows": [{"K": k, "N": n, "M": m, "path": path, "gpu_calls": gpu_calls(m), "host_launches": host_launches(m)}
+                 for k, n, m, path, _ in rows],
+        "kernel_calls": sum(gpu_calls(m) for _, _, m, _, _ in rows),
+        "cold_weight_copies_max": 64,
+        "torch_compile_compilations": 0,
+        "nvrtc_sources": ["decode.cu", "gemv.cu", "gemm.cu"],
+        "outputs": ["kernels_<gpu>.json", "kernels_<gpu>.png"],
+    }
+
+
+def resolve(args) -> tuple[list[tuple[int, int]], list[int]]:
+    """The (K, N) shapes and the M values of a run."""
+    shapes = REDUCED["shapes"] if args.reduced else (SHAPES[:2] if args.quick else SHAPES)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    ms = args.ms or (REDUCED["ms"] if args.reduced else MS)
+    return [tuple(s) for s in shapes], list(ms)
 
 
 def _events_us(run_once, repeats: int, inner: int) -> list[float]:
@@ -128,7 +189,7 @@ def bench_shape(k: int, n: int, ms: list[int], args, l2: int, gen: torch.Generat
             err = None
             if out is not None:
                 err = ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
-            inner = 50 if m <= SKINNY_MAX_M else 3
+            inner = inner_calls(m)
             timing = time_call(fn, n_args, args.warmup, args.repeats, inner)
             med = timing["graph_us"] if timing["graph_us"] is not None else timing["eager_us"]
             rows.append({"K": k, "N": n, "M": m, "path": path, "config": config, "median_us": med, **timing,
@@ -137,26 +198,30 @@ def bench_shape(k: int, n: int, ms: list[int], args, l2: int, gen: torch.Generat
             print(f"  M={m:5d} {path:14s} {json.dumps(config):34s} graph {graph:9.2f} us"
                   f"  eager {timing['eager_us']:9.2f} us  err={err}", flush=True)
 
-        record("cublas_bf16", {}, lambda i, x=x: F.linear(x, dense_copies[i], bias), n_dense, dense_bytes)
-        if m <= SKINNY_MAX_M:
-            for r, w in SKINNY_CONFIGS:
-                record("skinny", {"rows_per_warp": r, "warps": w},
-                       lambda i, x=x, r=r, w=w: K.skinny_linear(x, packed_copies[i], scale, bias, k, k,
-                                                                rows_per_warp=r, warps=w),
-                       n_packed, packed_bytes)
-        record("decode_cublas", {}, lambda i, x=x: K.decode_cublas_linear(x, packed_copies[i], scale, bias, k, k),
-               n_packed, packed_bytes)
-        if m == ms[0]:
-            def decode_only(i):
-                K.dequantize_cuda(packed_copies[i], scale, k, k, torch.bfloat16)  # timed; output not checked
+        def decode_only(i):
+            K.dequantize_cuda(packed_copies[i], scale, k, k, torch.bfloat16)  # timed; output not checked
 
-            record("decode_only", {}, decode_only, n_packed, packed_bytes)
-        record("fused_mma", {}, lambda i, x=x: K.fused_linear(x, packed_copies[i], scale, bias, k, k),
-               n_packed, packed_bytes)
-        choice = dispatch.choose(m, n, k, torch.cuda.get_device_capability(dev))
-        record("dispatched", {"table": choice.path},
-               lambda i, x=x: torch.ops.torch_ternary.linear(x, packed_copies[i], scale, bias, k, k),
-               n_packed, packed_bytes)
+        for path, cfg in planned_paths(m, ms[0]):  # the rows --plan counts
+            if path == "cublas_bf16":
+                record(path, cfg, lambda i, x=x: F.linear(x, dense_copies[i], bias), n_dense, dense_bytes)
+            elif path == "skinny":
+                r, w = cfg["rows_per_warp"], cfg["warps"]
+                record(path, cfg, lambda i, x=x, r=r, w=w: K.skinny_linear(x, packed_copies[i], scale, bias, k, k,
+                                                                           rows_per_warp=r, warps=w),
+                       n_packed, packed_bytes)
+            elif path == "decode_cublas":
+                record(path, cfg, lambda i, x=x: K.decode_cublas_linear(x, packed_copies[i], scale, bias, k, k),
+                       n_packed, packed_bytes)
+            elif path == "decode_only":
+                record(path, cfg, decode_only, n_packed, packed_bytes)
+            elif path == "fused_mma":
+                record(path, cfg, lambda i, x=x: K.fused_linear(x, packed_copies[i], scale, bias, k, k),
+                       n_packed, packed_bytes)
+            else:
+                choice = dispatch.choose(m, n, k, torch.cuda.get_device_capability(dev))
+                record(path, {"table": choice.path},
+                       lambda i, x=x: torch.ops.torch_ternary.linear(x, packed_copies[i], scale, bias, k, k),
+                       n_packed, packed_bytes)
     return rows
 
 
@@ -167,10 +232,7 @@ def run(args) -> dict:
         raise SystemExit("torch-ternary CUDA kernels are not registered (is CuPy installed?)")
     props = torch.cuda.get_device_properties(torch.device("cuda"))
     l2 = int(getattr(props, "L2_cache_size", 50 << 20))
-    shapes = SHAPES[:2] if args.quick else SHAPES
-    if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
-    ms = args.ms or MS
+    shapes, ms = resolve(args)
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
     for k, n in shapes:
@@ -185,7 +247,8 @@ def run(args) -> dict:
         "l2_bytes": l2,
         "cold_weights": not args.warm_l2,
         "settings": {"warmup": args.warmup, "repeats": args.repeats, "granularity": "per_channel", "bias": True,
-                     "activations": "bfloat16"},
+                     "activations": "bfloat16", "sweep": "reduced" if args.reduced else ("quick" if args.quick else
+                                                                                         "full")},
         "results": rows,
     }
 
@@ -233,22 +296,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plot", metavar="JSON", help="only plot an existing results file")
     p.add_argument("--quick", action="store_true", help="two shapes, 10 repeats")
+    p.add_argument("--reduced", action="store_true",
+                   help=f"run_gpu.sh's default sweep: shapes {REDUCED['shapes']}, M {REDUCED['ms']}, "
+                        f"{REDUCED['warmup']} warm-up, {REDUCED['repeats']} repeats")
+    p.add_argument("--plan", action="store_true", help="print what the run would do (JSON) and exit; no GPU needed")
     p.add_argument("--shapes", nargs="*", help="KxN shapes, e.g. 3072x18432")
     p.add_argument("--ms", nargs="*", type=int, help=f"M values (default {MS})")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=None, help="default 10 (--reduced: 5)")
+    p.add_argument("--repeats", type=int, default=None, help="default 30 (--quick, --reduced: 10)")
     p.add_argument("--warm-l2", action="store_true", help="reuse one weight copy (L2-resident weights)")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = REDUCED["warmup"] if args.reduced else 10
+    if args.repeats is None:
+        args.repeats = REDUCED["repeats"] if (args.reduced or args.quick) else 30
     if args.plot:
         path = Path(args.plot)
         plot(json.loads(path.read_text()), path.with_suffix(".png"))
         return 0
+    if args.plan:
+        print(json.dumps(plan(args)))
+        return 0
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU (none found); see benchmarks/run_gpu.sh", file=sys.stderr)
         return 2
-    if args.quick:
-        args.repeats = min(args.repeats, 10)
     payload = run(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", payload["gpu"]).strip("_").lower()
     out = write_results(f"kernels_{slug}", payload)  # benchmarks/results/, stamped with the environment

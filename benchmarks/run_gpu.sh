@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# Run every GPU check of torch-ternary in one go: the kernel compile test, the GPU property tests,
-# compute-sanitizer memcheck over small kernel tests, the kernel benchmark, and the full-size FLUX
-# benchmark (benchmarks/flux.py). Meant for a session that has a GPU machine (the device tool's
-# `run`), from the repository root:
+# Every GPU check of torch-ternary in ONE device call of at most 8 minutes (a lent GPU comes for 15
+# minutes in all, start-up included, and at most 10 minutes a command: one call, with room for a
+# rerun). From the repository root, on the GPU machine (the device tool's `run`):
 #
-#     bash benchmarks/run_gpu.sh                 # every step; writes to $OUT if set, else benchmarks/results/gpu_run/
-#     QUICK=1 bash benchmarks/run_gpu.sh         # kernel benchmark on two shapes only (a few minutes less)
-#     STEPS="compile tests memcheck bench" bash benchmarks/run_gpu.sh    # the kernel steps only
-#     STEPS=flux FLUX_ARGS="--modes eager" bash benchmarks/run_gpu.sh    # the FLUX benchmark, eager only
+#     bash benchmarks/run_gpu.sh          # the default: every step below, writes to $OUT (else benchmarks/results/gpu_run/)
+#     PLAN=1 bash benchmarks/run_gpu.sh   # anywhere, no GPU: print the commands the run would make, run nothing
 #
-# STEPS (default "compile tests memcheck bench flux") picks the steps; FLUX_ARGS is passed to
-# benchmarks/flux.py. One device call runs at most 10 minutes: run the kernel steps and the FLUX
-# benchmark in separate calls, and split the FLUX benchmark if needed (e.g. FLUX_ARGS="--modes eager"
-# then FLUX_ARGS="--modes compiled --tag _compiled"), then, on this machine,
-# `python benchmarks/flux.py --merge <json> <json>` builds the combined results, plot and table.
+# Default steps (STEPS="compile tests memcheck bench flux"):
+#   compile   tests/kernels/test_compile.py: every cuda/*.cu for this GPU's architecture (nvcc if present, else
+#             NVRTC; ALL_ARCHS=1: sm_80 and sm_90, which the CPU machine's nvcc run of the same test covers)
+#   tests     every GPU test: pytest tests -k "cuda or pin" (tests/kernels/test_cuda_kernels.py,
+#             tests/kernels/test_a8_cuda.py, and the GPU branches of the other modules), hypothesis profile "ci"
+#   memcheck  compute-sanitizer --tool memcheck over the *memcheck* tests (one call of every kernel, ragged shapes)
+#   bench     benchmarks/kernels.py --reduced: 2 FLUX shapes x M in {1, 16, 512, 4608}, every path (FULL=1: the full sweep)
+#   flux      benchmarks/flux.py --modes eager --steps 1 --warmup 1: ONE timed eager FLUX.1-dev step per variant
+#             at 1024² (5 variants; COMPILED=1 adds the compiled mode, FLUX_ARGS is appended and wins)
+#
+# Options: STEPS (a subset, e.g. STEPS=flux), FULL=1, COMPILED=1, ALL_ARCHS=1, FLUX_ARGS, BENCH_ARGS (appended), BUDGET_S
+# (the deadline of the whole run, default 480 s: every step runs under `timeout` with its cap below AND what
+# is left of the deadline; a step that would start with less than 15 s left is skipped and reported). With
+# FULL=1 or COMPILED=1 the run does not fit 8 minutes: give those a call of their own, e.g.
+#     STEPS=flux COMPILED=1 FLUX_ARGS="--modes compiled --tag _compiled" BUDGET_S=560 bash benchmarks/run_gpu.sh
+# then, on the CPU machine, `python benchmarks/flux.py --merge <json> <json>`.
+#
+# The 8-minute budget is an ESTIMATE until a GPU has run this: tests/kernels/test_gpu_budget.py counts, on
+# CPU, what the default run does (the commands of PLAN=1, the pytest items they collect, hypothesis examples,
+# torch.compile calls, NVRTC sources, benchmark rows and kernel calls, FLUX builds and forwards) and checks
+# the sum of its per-item estimates against BUDGET_S. Each run appends its measured step times to env.txt:
+# use them to replace the estimates.
 #
 # What the GPU image lacks, carried as wheels. The image (python3 = Python 3.12, torch 2.11 + CUDA 13,
 # CuPy 14 cuda13x, triton, numpy, pytest, hypothesis, safetensors, huggingface_hub, pillow, matplotlib)
@@ -32,39 +46,110 @@
 # packages (an older way: `pip install --target .gpu_deps ...`) is put on the path the same way. Do
 # NOT carry .venv (a CPU build of torch). torch_ternary is imported from the checkout (PYTHONPATH=.).
 #
-# Outputs (at most 8 files, the device tool's limit): env.txt, pytest_compile.txt, pytest_gpu.txt,
-# memcheck.txt, bench.txt (the logs of both benchmarks), kernels_<gpu>.json and .png (when matplotlib
-# exists), flux_<gpu>*.json (+ .png when the kernel benchmark is not run in the same call; else redo
-# it here with `python benchmarks/flux.py --plot <json>`). The exit status is non-zero if any
-# step failed; every selected step runs regardless.
+# Outputs (8 files at most, the device tool's limit): env.txt (environment, then the step times),
+# pytest_compile.txt, pytest_gpu.txt, memcheck.txt, bench.txt (the logs of both benchmarks),
+# kernels_<gpu>.json + .png (when matplotlib exists), flux_<gpu>.json (its .png is left out when the kernel
+# benchmark runs in the same call: redo it with `python benchmarks/flux.py --plot <json>`). The exit status
+# is non-zero if any step failed, timed out or was skipped; every selected step runs regardless.
 set -u
 cd "$(dirname "$0")/.."
+PLAN="${PLAN:-}"
 OUT="${OUT:-benchmarks/results/gpu_run}"
-mkdir -p "$OUT"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEPS="${STEPS:-compile tests memcheck bench flux}"
+BUDGET_S="${BUDGET_S:-480}"
+#: Per-step caps in seconds (the estimates of tests/kernels/test_gpu_budget.py, with slack); a run of ONE
+#: step (e.g. STEPS=flux) gives it the whole budget instead.
+CAP_COMPILE="${CAP_COMPILE:-90}"
+CAP_TESTS="${CAP_TESTS:-270}"
+CAP_MEMCHECK="${CAP_MEMCHECK:-120}"
+CAP_BENCH="${CAP_BENCH:-120}"
+CAP_FLUX="${CAP_FLUX:-240}"
+# shellcheck disable=SC2086  (word count of the step list)
+set -- $STEPS
+ONE_STEP=$([ "$#" -eq 1 ] && echo 1)
+set --
+GPU_TESTS_K="cuda or pin"
+if [ -n "$PLAN" ]; then
+    ARCH="${ARCH:-sm_90}"
+else
+    CC="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')"
+    ARCH="${ARCH:-sm_${CC:-90}}"
+fi
+COMPILE_K="$ARCH or nvrtc_clean"
+[ -n "${ALL_ARCHS:-}" ] && COMPILE_K="compiles or nvrtc_clean"
+BENCH_OPTS=(--out-dir "$OUT")
+[ -z "${FULL:-}" ] && BENCH_OPTS+=(--reduced)
+# shellcheck disable=SC2206  (BENCH_ARGS is a list of options)
+BENCH_OPTS+=(${BENCH_ARGS:-})
+FLUX_OPTS=(--out-dir "$OUT" --steps 1 --warmup 1)
+if [ -n "${COMPILED:-}" ]; then FLUX_OPTS+=(--modes eager compiled); else FLUX_OPTS+=(--modes eager); fi
 want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+want bench && FLUX_OPTS+=(--no-plot)
+# shellcheck disable=SC2206  (FLUX_ARGS is a list of options; later options win in argparse)
+FLUX_OPTS+=(${FLUX_ARGS:-})
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-IMAGE_SITE="$("$PY" -c 'import site; print(":".join(site.getsitepackages()))')"
-CARRIED=""
-if ls .gpu_deps/*.whl > /dev/null 2>&1; then
-    CARRIED="${TMPDIR:-/tmp}/tt_gpu_site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$CARRIED" .gpu_deps/*.whl \
-        || echo "WARNING: installing the carried wheels failed"
-elif [ -d .gpu_deps ]; then
-    CARRIED="$PWD/.gpu_deps"
-fi
-if [ -n "$CARRIED" ]; then
-    # the image's site-packages first, then the carried packages fill the gaps
-    export PYTHONPATH="$PYTHONPATH:$IMAGE_SITE:$CARRIED"
-fi
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 status=0
+START=$(date +%s)
+TIMES=""
 
-{
-    echo "== $(date -u)  steps: $STEPS"; nvidia-smi || true
-    "$PY" - <<'EOF'
+# step NAME CAP LOG MODE CMD... : run CMD under the cap and the deadline, output to $OUT/LOG (MODE: new|append)
+step() {
+    local name=$1 cap=$2 log=$3 mode=$4
+    shift 4
+    [ -n "$ONE_STEP" ] && cap=$BUDGET_S
+    if [ -n "$PLAN" ]; then
+        printf 'PLAN\t%s\t%s\t%s\t' "$name" "$cap" "$log"
+        printf '%q ' "$@"
+        echo
+        return 0
+    fi
+    local left=$((START + BUDGET_S - $(date +%s)))
+    local limit=$((cap < left - 5 ? cap : left - 5))
+    if [ "$limit" -lt 15 ]; then
+        echo "== $name SKIPPED: ${left}s left of the ${BUDGET_S}s budget" | tee -a "$OUT/$log"
+        TIMES="$TIMES $name=skipped"
+        status=1
+        return 0
+    fi
+    echo "== $name (cap ${limit}s): $*"
+    local t0 rc
+    t0=$(date +%s)
+    if [ "$mode" = new ]; then
+        timeout -k 10 "$limit" "$@" > "$OUT/$log" 2>&1
+    else
+        timeout -k 10 "$limit" "$@" >> "$OUT/$log" 2>&1
+    fi
+    rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "== $name TIMED OUT after ${limit}s" | tee -a "$OUT/$log"
+    fi
+    [ "$rc" -ne 0 ] && status=1
+    TIMES="$TIMES $name=$(($(date +%s) - t0))s(rc=$rc)"
+    tail -25 "$OUT/$log"
+}
+
+if [ -z "$PLAN" ]; then
+    mkdir -p "$OUT"
+    IMAGE_SITE="$("$PY" -c 'import site; print(":".join(site.getsitepackages()))')"
+    CARRIED=""
+    if ls .gpu_deps/*.whl > /dev/null 2>&1; then
+        CARRIED="${TMPDIR:-/tmp}/tt_gpu_site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$CARRIED" \
+            .gpu_deps/*.whl || echo "WARNING: installing the carried wheels failed"
+    elif [ -d .gpu_deps ]; then
+        CARRIED="$PWD/.gpu_deps"
+    fi
+    if [ -n "$CARRIED" ]; then
+        # the image's site-packages first, then the carried packages fill the gaps
+        export PYTHONPATH="$PYTHONPATH:$IMAGE_SITE:$CARRIED"
+    fi
+    {
+        echo "== $(date -u)  steps: $STEPS  budget: ${BUDGET_S}s  FULL=${FULL:-} COMPILED=${COMPILED:-}"
+        nvidia-smi || true
+        "$PY" - <<'EOF'
 import importlib, sys
 print("python", sys.version)
 for mod in ("torch", "cupy", "numpy", "pytest", "hypothesis", "safetensors", "triton", "matplotlib", "diffusers",
@@ -81,56 +166,51 @@ if torch.cuda.is_available():
 import torch_ternary.kernels as K
 print("kernels registered", K.registered(), "available", K.available())
 EOF
-    which nvcc compute-sanitizer 2>&1 || true
-} > "$OUT/env.txt" 2>&1 || status=1
-cat "$OUT/env.txt"
+        which nvcc compute-sanitizer 2>&1 || true
+    } > "$OUT/env.txt" 2>&1 || status=1
+    cat "$OUT/env.txt"
+    TIMES="setup=$(($(date +%s) - START))s"
+else
+    printf 'PLAN\tsetup\t0\tenv.txt\t\n'
+fi
 
 if want compile; then
-    echo "== compile test (nvcc if present, else NVRTC)"
-    "$PY" -m pytest -q tests/kernels/test_compile.py -rs > "$OUT/pytest_compile.txt" 2>&1 || status=1
-    tail -5 "$OUT/pytest_compile.txt"
+    step compile "$CAP_COMPILE" pytest_compile.txt new "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_compile.py \
+        -k "$COMPILE_K" -rs
 fi
 
 if want tests; then
-    echo "== GPU tests"
     # a test module whose optional dependency the image lacks (Mini FLUX needs transformers + tokenizers)
     # shows up as a collection error in the log instead of stopping every other GPU test
-    "$PY" -m pytest -q tests -k "cuda or kernel" -rs --durations=15 --continue-on-collection-errors \
-        > "$OUT/pytest_gpu.txt" 2>&1 || status=1
-    tail -25 "$OUT/pytest_gpu.txt"
+    step tests "$CAP_TESTS" pytest_gpu.txt new "$PY" -m pytest -q -p no:cacheprovider tests -k "$GPU_TESTS_K" -rs \
+        --durations=25 --continue-on-collection-errors
 fi
 
 if want memcheck; then
-    echo "== compute-sanitizer memcheck"
     SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)"
-    if [ -n "$SAN" ]; then
+    if [ -n "$SAN" ] || [ -n "$PLAN" ]; then
         # no caching allocator: every tensor is its own allocation, so memcheck sees out-of-bounds accesses
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck --error-exitcode 7 --target-processes all \
+        step memcheck "$CAP_MEMCHECK" memcheck.txt new env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${SAN:-compute-sanitizer}" \
+            --tool memcheck --error-exitcode 7 --target-processes all \
             "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_cuda_kernels.py tests/kernels/test_a8_cuda.py \
-            -k memcheck > "$OUT/memcheck.txt" 2>&1 || status=1
+            -k memcheck
     else
-        echo "compute-sanitizer not found on this image" > "$OUT/memcheck.txt"; status=1
+        echo "compute-sanitizer not found on this image" > "$OUT/memcheck.txt"
+        status=1
     fi
-    tail -15 "$OUT/memcheck.txt"
 fi
 
 if want bench; then
-    echo "== kernel benchmark"
-    BENCH_ARGS=(--out-dir "$OUT")
-    [ -n "${QUICK:-}" ] && BENCH_ARGS+=(--quick)
-    "$PY" benchmarks/kernels.py "${BENCH_ARGS[@]}" > "$OUT/bench.txt" 2>&1 || status=1
-    tail -40 "$OUT/bench.txt"
+    step bench "$CAP_BENCH" bench.txt new "$PY" benchmarks/kernels.py "${BENCH_OPTS[@]}"
 fi
 
 if want flux; then
-    echo "== FLUX.1-dev benchmark (benchmarks/flux.py ${FLUX_ARGS:-})"
-    FLUX_OPTS=(--out-dir "$OUT")
-    want bench && FLUX_OPTS+=(--no-plot)
-    # shellcheck disable=SC2086  (FLUX_ARGS is a list of options)
-    "$PY" benchmarks/flux.py "${FLUX_OPTS[@]}" ${FLUX_ARGS:-} >> "$OUT/bench.txt" 2>&1 || status=1
-    tail -30 "$OUT/bench.txt"
+    step flux "$CAP_FLUX" bench.txt append "$PY" benchmarks/flux.py "${FLUX_OPTS[@]}"
 fi
 
-echo "== done, status $status; outputs in $OUT"
-ls -la "$OUT"
+if [ -z "$PLAN" ]; then
+    echo "== step times (s, measured on $(date -u)):$TIMES total=$(($(date +%s) - START))s" | tee -a "$OUT/env.txt"
+    echo "== done, status $status; outputs in $OUT"
+    ls -la "$OUT"
+fi
 exit $status

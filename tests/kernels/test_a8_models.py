@@ -1,9 +1,10 @@
 """CPU models of the W1.58A8 kernels' bit and index logic (no GPU here; test_a8_cuda.py runs them).
 
 The weight expansion of ``cuda/a8_weights.cu`` is replayed on 32-bit words with the selectors and
-constants parsed from the source (``__byte_perm``, ``__vsub4``, the e4m3 encoding); the constants
-of ``cuda/act_quant.cu`` and the row chunking of ``kernels/a8.py`` are checked against the
-Python side that must agree with them.
+constants parsed from the source (``__byte_perm``, ``__vsub4``, the e4m3 encoding; the whole kernel
+also runs translated in test_kernel_models.py); the constants of ``cuda/act_quant.cu`` and the row
+chunking of ``kernels/a8.py`` are checked against the Python side that must agree with them; the
+orchestration of ``a8_linear`` runs on CPU stand-ins of the kernels that do not use the op's code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from torch_ternary.format import packing
 from torch_ternary.kernels import a8, loader
 from torch_ternary.ops import ternary_linear_a8 as ops_a8
+
+from . import emulate
 
 
 def byte_perm(x: np.ndarray, y: np.ndarray, sel: int) -> np.ndarray:
@@ -126,30 +129,42 @@ def test_row_chunks_cover_and_respect_the_int_mm_minimum(m, rows):
 
 # ------------------------------------------------------- a8_linear's orchestration, on CPU
 class _KernelTwins:
-    """Plain-torch stand-ins for the three kernels with their documented output layouts, so that
-    ``a8_linear``'s padding, chunking and GEMM calls (``torch._int_mm`` / ``torch._scaled_mm`` run on
-    CPU too) can be checked here."""
+    """CPU stand-ins for the three kernels with their documented output layouts, so that ``a8_linear``'s
+    padding, chunking and GEMM calls (``torch._int_mm`` / ``torch._scaled_mm`` run on CPU too) can be
+    checked here. None of them calls the op's own code (the reference the results are compared with):
+
+    * quantize: ``emulate.act_quant_spec``, numpy from the header of cuda/act_quant.cu (its constants
+      parsed from the source), hand-written e4m3 encoder;
+    * weights: ``emulate.a8_weight``, the translated ``tt_a8_weight_*`` of cuda/a8_weights.cu;
+    * epilogue: ``emulate.a8_epilogue_spec``, numpy from the header of cuda/a8_epilogue.cu.
+    """
 
     @staticmethod
     def quantize(x2, fmt, k_cols=None):
-        q, s = ops_a8.quantize_activations(x2, fmt)
+        """x2: bf16 / f16 / f32 ``[M, K]`` -> (int8 / e4m3 ``[M, k_cols]`` zero padded, float32 ``[M]``)."""
+        mod = emulate.DEFAULT.module("act_quant.cu")
+        qmax = mod.struct_constant("ActFormatTraits<kFmtInt8>" if fmt == "int8" else "ActFormatTraits<kFmtE4M3>",
+                                   "kQmax")
+        codes, s = emulate.act_quant_spec(x2.float().numpy(), fmt, mod.constant("kTinyBits"), qmax)
         kq = k_cols or -(-x2.shape[1] // 16) * 16
         out = torch.zeros(x2.shape[0], kq, dtype=torch.uint8)
-        out[:, : x2.shape[1]] = q.view(torch.uint8)
-        return out.view(q.dtype), s
+        out[:, : x2.shape[1]] = torch.from_numpy(codes)
+        return out.view(a8._code_dtype(fmt)), torch.from_numpy(s)
 
     @staticmethod
     def weights(packed, fmt, n_pad=None):
-        kp = packed.shape[1] * 4
-        codes = packing.unpack_codes(packed, kp)  # pad slots hold code 1: weight 0
-        out = torch.zeros(n_pad or packed.shape[0], kp, dtype=torch.int8)
-        out[: packed.shape[0]] = codes
-        return out if fmt == "int8" else out.float().to(ops_a8.fp8_dtype())
+        """packed uint8 ``[N, Kp/4]`` -> int8 / e4m3 ``[n_pad, Kp]`` (the translated kernel)."""
+        words = packed.contiguous().view(torch.int32).numpy().view(np.uint32)
+        out = emulate.a8_weight(words, n_pad or packed.shape[0], fmt)
+        return torch.from_numpy(out).view(a8._code_dtype(fmt))
 
     @staticmethod
     def epilogue(acc, sx, sw, bias, n, out):
-        y = (acc[:, :n].float() * sx[:, None]) * sw.reshape(1, -1)
-        out.copy_((y if bias is None else y + bias.float()).to(out.dtype))
+        """acc int32 / float32 ``[M, >= n]``, sx float32 ``[M]``, sw float32 ``[n]`` or ``[1]`` -> out ``[M, n]``."""
+        w = sw.reshape(-1).numpy()
+        w = np.repeat(w[:1], n) if w.size == 1 else w[:n]
+        v = emulate.a8_epilogue_spec(acc[:, :n].numpy(), sx.numpy(), w, None if bias is None else bias.float().numpy())
+        out.copy_(torch.from_numpy(v).to(out.dtype))
         return out
 
 

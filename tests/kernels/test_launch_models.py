@@ -10,11 +10,18 @@ launch the real wrappers make,
   header documents) and dynamic shared memory (> 48 KiB only after the kernel's limit was raised);
 * checks the pointer contracts the kernels rely on: dtype, shape, contiguity / row stride, and the
   alignment of every 128-bit (or 64 / 32-bit) vector access they make, e.g. x rows with odd K;
-* then runs a model of the kernel with the arguments *as passed* (the lane-level models of
-  ``emulate.py`` for the GEMV / GEMM, index-level models for the others) and writes the output
-  tensor, so the wrapper's result can be compared with the plain-torch reference.
+* then computes the kernel's output with the arguments *as passed*, independently of the
+  plain-torch reference the results are compared with:
 
-A swapped argument, a wrong scalar type, a missing pad or an unaligned vector load fails here.
+  - skinny, fused GEMM, unpack, dequantize, W1.58A8 weight expansion: the kernel's own code
+    (``emulate.py`` runs the translated ``extern "C"`` entry point thread by thread on the tensors'
+    bytes, with bounds / alignment checks and every output byte written exactly once);
+  - activation quantization and the A8 epilogue (not translatable: inline PTX, address-of): numpy
+    formulas written from the spec in their headers (``emulate.act_quant_spec`` with a hand-written
+    e4m3 encoder, ``emulate.a8_epilogue_spec``), never the op's own functions.
+
+A swapped argument, a wrong scalar type, a missing pad, an unaligned vector load, or a value the
+reference disagrees with fails here. What only a GPU proves: the compiled code and the hardware.
 """
 
 from __future__ import annotations
@@ -27,12 +34,12 @@ import torch
 
 from torch_ternary.format import packing
 from torch_ternary.kernels import a8, common, decode, gemm, gemv, loader
-from torch_ternary.kernels.common import emulate_group_div
 from torch_ternary.ops import ternary_linear as ops
 from torch_ternary.ops import ternary_linear_a8 as ops_a8
 from torch_ternary.quantization.absmean import num_groups
 
 from . import emulate
+from .csource import Buffer
 from .test_kernel_models import dense_reference
 
 _CTYPES = {"int": np.int32, "unsigned int": np.uint32, "long long": np.int64}
@@ -139,7 +146,34 @@ class Harness:
         s_row_stride, grouped = int(p["s_row_stride"]), int(p["grouped"])
         assert scale.shape[0] in (1, n) and s_row_stride == (scale.shape[1] if scale.shape[0] == n else 0)
         assert grouped == int(scale.shape[1] > 1)
-        return scale, s_row_stride, grouped, emulate.GroupDiv(int(p["gshift"]), int(p["gmagic"]))
+        shift, magic = int(p["gshift"]), int(p["gmagic"])
+        assert not grouped or (shift >= 0 and magic == 0) or (shift == -1 and magic > 0), "GroupDiv encoding"
+        return scale
+
+    def _translated(self, kernel, grid, block, p, shared_mem, outputs):
+        """Run the translated entry point on the tensors' bytes; copy the outputs back into their tensors."""
+        mod = emulate.DEFAULT.module(kernel.source)
+        fd = mod.program.function(kernel.entry)
+        args, bufs = {}, {}
+        for prm in fd.params:
+            v = p[prm.name]
+            if not prm.pointer:
+                args[prm.name] = int(v)
+                continue
+            t = self.tensors[int(v)] if int(v) else None
+            if t is None:
+                args[prm.name] = None
+                continue
+            assert t.is_contiguous(), f"{prm.name} is not contiguous"
+            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+            buf = Buffer(raw, prm.name, readonly=prm.name not in outputs, track=prm.name in outputs,
+                         base=t.data_ptr() % 256)
+            args[prm.name], bufs[prm.name] = buf, (buf, t)
+        mod.launch(kernel.entry, grid, block, [], args, dynamic_smem=shared_mem)
+        for name in outputs:
+            buf, t = bufs[name]
+            buf.check_written_once()
+            t.reshape(-1).view(torch.uint8).copy_(torch.frombuffer(bytearray(buf.data), dtype=torch.uint8))
 
     def _skinny(self, kernel, grid, block, p, shared_mem):
         kind, R, NT, VW = re.fullmatch(r"tt_skinny_(bf16|f16)_r(\d)_n(\d)_v(\d)", kernel.entry).groups()
@@ -149,14 +183,12 @@ class Harness:
         assert block[0] % 32 == 0 and 1 <= W <= 8 and block[1:] == (1, 1)
         assert grid == (cdiv(N, 16 * R), cdiv(M, 8 * NT), 1)
         assert VW == 1 or kb % 4 == 0
-        x = self.tensor(p, "x", dtype, (M, 16 * kb), 16)  # two 128-bit loads a word
-        y = self.tensor(p, "y", dtype, (M, N), 2)
-        words = self._weight(p, N, kb, 16 if VW == 4 else 4)
-        scale, s_row_stride, grouped, gdiv = self._scale(p, N)
-        bias = self.tensor(p, "bias", dtype, (N,), 2)
-        out = emulate.skinny(x.double().numpy(), words, scale.numpy(), None if bias is None else bias.double().numpy(),
-                             kind, s_row_stride, grouped, gdiv, R, NT, VW, W)
-        y.copy_(torch.from_numpy(out).to(dtype))
+        self.tensor(p, "x", dtype, (M, 16 * kb), 16)  # two 128-bit loads a word
+        self.tensor(p, "y", dtype, (M, N), 2)
+        self._weight(p, N, kb, 16 if VW == 4 else 4)
+        self._scale(p, N)
+        self.tensor(p, "bias", dtype, (N,), 2)
+        self._translated(kernel, grid, block, p, shared_mem, ("y",))
 
     def _gemm(self, kernel, grid, block, p, shared_mem):
         kind = re.fullmatch(r"tt_gemm_(bf16|f16)", kernel.entry).group(1)
@@ -164,15 +196,14 @@ class Harness:
         M, N, K, kb = int(p["M"]), int(p["N"]), int(p["K"]), int(p["kblocks"])
         assert block == (gemm.GEMM_THREADS, 1, 1) and grid == (cdiv(N, gemm.GEMM_BN), cdiv(M, gemm.GEMM_BM), 1)
         assert shared_mem == gemm.GEMM_SMEM_BYTES and kernel.max_dynamic_smem >= shared_mem
+        assert shared_mem == emulate.DEFAULT.module("gemm.cu").constant("kGemmSmemBytes")
         assert K % 8 == 0 and K <= 16 * kb, "16-byte cp.async chunks need K % 8 == 0 and no read past the row"
-        x = self.tensor(p, "x", dtype, (M, K), 16)
-        y = self.tensor(p, "y", dtype, (M, N), 4 if N % 2 == 0 else 2)
-        words = self._weight(p, N, kb)
-        scale, s_row_stride, grouped, gdiv = self._scale(p, N)
-        bias = self.tensor(p, "bias", dtype, (N,), 2)
-        out = emulate.gemm(x.double().numpy(), words, scale.numpy(), None if bias is None else bias.double().numpy(),
-                           kind, K, s_row_stride, grouped, gdiv)
-        y.copy_(torch.from_numpy(out).to(dtype))
+        self.tensor(p, "x", dtype, (M, K), 16)
+        self.tensor(p, "y", dtype, (M, N), 4 if N % 2 == 0 else 2)
+        self._weight(p, N, kb)
+        self._scale(p, N)
+        self.tensor(p, "bias", dtype, (N,), 2)
+        self._translated(kernel, grid, block, p, shared_mem, ("y",))
 
     def _decode_shape(self, grid, block, n, kb):
         assert block[0] % 32 == 0 and block[1:] == (1, 1) and grid[0] * block[0] >= kb and grid[0] == cdiv(kb, block[0])
@@ -182,25 +213,18 @@ class Harness:
         n, k, kb = int(p["n_rows"]), int(p["k"]), int(p["kblocks"])
         self._decode_shape(grid, block, n, kb)
         assert 16 * (kb - 1) < k <= 16 * kb
-        out = self.tensor(p, "out", torch.int8, (n, k), 16 if k % 16 == 0 else 1)
-        words = self._weight(p, n, kb)
-        for r in range(n):
-            for w in range(kb):
-                vals = emulate.unpack_word_i8(int(words[r, w]))[: min(16, k - 16 * w)]
-                out[r, 16 * w:16 * w + len(vals)] = torch.tensor(vals, dtype=torch.int8)
+        self.tensor(p, "out", torch.int8, (n, k), 16 if k % 16 == 0 else 1)
+        self._weight(p, n, kb)
+        self._translated(kernel, grid, block, p, shared_mem, ("out",))
 
     def _dequant(self, kernel, grid, block, p, shared_mem):
         dtype = _KIND[re.fullmatch(r"tt_dequant_(bf16|f16|f32)", kernel.entry).group(1)]
         n, k, kb = int(p["n_rows"]), int(p["k"]), int(p["kblocks"])
         self._decode_shape(grid, block, n, kb)
-        out = self.tensor(p, "out", dtype, (n, k), 16 if k % 16 == 0 else 1)
+        self.tensor(p, "out", dtype, (n, k), 16 if k % 16 == 0 else 1)
         self._weight(p, n, kb)
-        scale, s_row_stride, grouped, gdiv = self._scale(p, n)
-        codes = packing.unpack_codes(self.tensors[int(p["packed"])], 16 * kb)  # [n, Kp]
-        col = emulate_group_div(torch.arange(kb), gdiv.shift, gdiv.magic) if grouped else torch.zeros(kb, dtype=torch.long)
-        idx = torch.arange(n)[:, None] * s_row_stride + col[None, :]
-        s = scale.reshape(-1)[idx].repeat_interleave(16, dim=1)  # [n, Kp], one scale a word
-        out.copy_((codes.to(dtype) * s.to(dtype))[:, :k])
+        self._scale(p, n)
+        self._translated(kernel, grid, block, p, shared_mem, ("out",))
 
     def _act_quant(self, kernel, grid, block, p, shared_mem):
         tag, fmt = re.fullmatch(r"tt_act_quant_(bf16|f16|f32)_(i8|e4m3)", kernel.entry).groups()
@@ -215,21 +239,24 @@ class Harness:
         assert kq % 16 == 0 and kq >= k
         q = self.tensor(p, "q", a8._code_dtype(fmt), (m, kq), 8 if vec else 1)
         sx = self.tensor(p, "sx", torch.float32, (m,), 4)
-        qq, ss = ops_a8.quantize_activations(torch.as_strided(x, (m, k), (ldx, 1)), fmt)
+        mod = emulate.DEFAULT.module("act_quant.cu")
+        qmax = mod.struct_constant("ActFormatTraits<kFmtInt8>" if fmt == "int8" else "ActFormatTraits<kFmtE4M3>",
+                                   "kQmax")
+        rows = torch.as_strided(x, (m, k), (ldx, 1)).float().numpy()  # the values the kernel reads, as float
+        codes, scale = emulate.act_quant_spec(rows, fmt, mod.constant("kTinyBits"), qmax)
         qb = q.view(torch.uint8)
-        qb.zero_()
-        qb[:, :k] = qq.view(torch.uint8)
-        sx.copy_(ss)
+        qb.fill_(0xAA)  # the kernel writes every byte: the pad must come out zero
+        qb[:, :k] = torch.from_numpy(codes)
+        qb[:, k:] = 0  # the header: columns K .. Kq-1 are written as 0
+        sx.copy_(torch.from_numpy(scale))
 
     def _a8_weight(self, kernel, grid, block, p, shared_mem):
         fmt = {"i8": "int8", "e4m3": "fp8"}[re.fullmatch(r"tt_a8_weight_(i8|e4m3)", kernel.entry).group(1)]
         n, n_pad, kb = int(p["n_rows"]), int(p["n_pad_rows"]), int(p["kblocks"])
         self._decode_shape(grid, block, n_pad, kb)
-        out = self.tensor(p, "out", a8._code_dtype(fmt), (n_pad, 16 * kb), 16)  # one 128-bit store a word
+        self.tensor(p, "out", a8._code_dtype(fmt), (n_pad, 16 * kb), 16)  # one 128-bit store a word
         self._weight(p, n, kb)
-        w = torch.zeros(n_pad, 16 * kb, dtype=torch.int8)
-        w[:n] = packing.unpack_codes(self.tensors[int(p["packed"])], 16 * kb)
-        out.copy_(w if fmt == "int8" else w.float().to(out.dtype))
+        self._translated(kernel, grid, block, p, shared_mem, ("out",))
 
     def _a8_epilogue(self, kernel, grid, block, p, shared_mem):
         acc_tag, tag = re.fullmatch(r"tt_a8_epilogue_(i32|f32)_(bf16|f16|f32)", kernel.entry).groups()
@@ -247,12 +274,10 @@ class Harness:
         sw = self.tensors[int(p["sw"])]
         assert sw.dtype == torch.float32 and sw.is_contiguous() and sw.numel() >= (n if sw_stride else 1)
         bias = self.tensor(p, "bias", dtype, (n,), 1)
-        a = torch.as_strided(acc, (m, n), (ldacc, 1)).float()
-        w = sw.reshape(-1)[:n] if sw_stride else sw.reshape(-1)[:1].expand(n)
-        v = (a * sx[:, None]) * w[None, :]
-        if bias is not None:
-            v = v + bias.float()
-        y.copy_(v.to(dtype))
+        a = torch.as_strided(acc, (m, n), (ldacc, 1)).numpy()
+        w = sw.reshape(-1)[:n].numpy() if sw_stride else np.repeat(sw.reshape(-1)[:1].numpy(), n)
+        v = emulate.a8_epilogue_spec(a, sx.numpy(), w, None if bias is None else bias.float().numpy())
+        y.copy_(torch.from_numpy(v).to(dtype))
 
 
 @pytest.fixture
@@ -290,11 +315,12 @@ def _kind(dtype):
 
 
 def _check_linear(y, x, codes, scale, gs, bias, dtype):
+    """y: ``dtype`` ``[M, N]`` from the wrapper (the translated kernel computed it, exactly, in float64
+    before one rounding) must equal the float64 dense reference rounded to ``dtype``."""
     ref = dense_reference(x.double().numpy(), codes.double().numpy(), scale.numpy(), gs, _kind(dtype),
                           None if bias is None else bias.double().numpy())
-    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     assert y.dtype == dtype and y.is_contiguous()
-    torch.testing.assert_close(y.double(), torch.from_numpy(ref).to(dtype).double(), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(y.double().numpy(), emulate.round_to(ref, _kind(dtype)))
 
 
 @pytest.mark.parametrize(
@@ -350,10 +376,12 @@ def test_decode_launches_are_exact(harness, granularity, gs, k):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("k", [45, 64])
 def test_act_quant_launch(harness, layout, dtype, k):
+    """Launch arguments / layout of tt_act_quant_*, and the spec model of its header (emulate.act_quant_spec,
+    numpy) agreeing with the op's plain-torch quantize_activations (two independent statements of the math)."""
     x = make_x(7, k, dtype, k, layout)
     v = 16 // x.element_size()
     for fmt in ("int8", "fp8"):
-        q, s = a8.quantize_activations_cuda(x, fmt)
+        q, s = a8.quantize_activations_cuda(x, fmt)  # the harness computes q, s with the spec model
         qr, sr = ops_a8.quantize_activations(x, fmt)
         assert q.shape == (7, -(-k // 16) * 16) and torch.equal(s, sr)
         assert torch.equal(q.view(torch.uint8)[:, :k], qr.view(torch.uint8))
@@ -361,6 +389,41 @@ def test_act_quant_launch(harness, layout, dtype, k):
         entry, p = harness.launches[-1]
         if layout in ("contiguous", "offset"):  # rows used in place: 16-byte loads only when aligned
             assert int(p["vec"]) == int(x.data_ptr() % 16 == 0 and k % v == 0)
+
+
+# Hand-computed rows (per the header of cuda/act_quant.cu): s = amax / QMAX, q = rint_half_even(x / s).
+_KNOWN_INT8 = [
+    ([0.0, 1.0, -2.5, 127.0, 3.5, -0.5, 126.5, 200.0], 200.0 / 127, None),  # checked through the formula below
+    ([0.0, 1.0, -2.5, 127.0, 3.5, -0.5, 126.5, -127.0], 1.0, [0, 1, -2, 127, 4, 0, 126, -127]),  # ties to even
+    ([2.0 ** -101] * 8, 1.0, [0] * 8),  # amax below 2^-100: s = 1, every code 0
+]
+_KNOWN_FP8 = [  # amax = 448: s = 1; e4m3fn bits: 448 = 0x7E, 1 = 0x38, -3.5 = 0xC6, 0.0 = 0x00, 2^-9 = 0x01
+    ([448.0, 1.0, -3.5, 0.0, 2.0 ** -9, -448.0, 0.5, 3.0], 1.0, [0x7E, 0x38, 0xC6, 0x00, 0x01, 0xFE, 0x30, 0x44]),
+]
+
+
+@pytest.mark.parametrize("fmt,rows", [("int8", _KNOWN_INT8), ("fp8", _KNOWN_FP8)])
+def test_act_quant_known_values(harness, fmt, rows):
+    """Hand-computed codes and scales, through the launcher (harness: spec model) and the op's reference."""
+    for vals, scale, codes in rows:
+        x = torch.tensor([vals], dtype=torch.float32)
+        for got_q, got_s in (a8.quantize_activations_cuda(x, fmt), ops_a8.quantize_activations(x, fmt)):
+            assert got_s.item() == np.float32(scale)
+            bytes_ = got_q.view(torch.uint8)[0, :8].tolist()
+            if codes is None:  # the general case: the header's formula in float32
+                codes = [int(np.clip(np.rint(np.float32(v) / np.float32(scale)), -127, 127)) for v in vals]
+            expect = [c & 0xFF for c in codes]
+            assert bytes_ == expect, (vals, bytes_, expect)
+
+
+def test_e4m3_encoder_matches_torch():
+    """The spec encoder the harness uses agrees with torch's float8_e4m3fn cast (saturated), on a dense sweep."""
+    v = np.concatenate([np.linspace(-470, 470, 20001, dtype=np.float32),
+                        np.float32(2.0) ** np.arange(-12, 9, 0.125, dtype=np.float32), [0.0, -0.0]]).astype(np.float32)
+    ours = emulate.e4m3_bits(v)
+    ref = torch.from_numpy(np.clip(v, -448, 448)).to(ops_a8.fp8_dtype()).view(torch.uint8).numpy()
+    np.testing.assert_array_equal(ours, ref)
+    assert emulate.e4m3_bits(np.array([np.nan], np.float32))[0] & 0x7F == 0x7F
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 24, 40), (19, 37, 45), (40, 20, 48)])

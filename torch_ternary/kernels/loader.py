@@ -71,16 +71,18 @@ def source_dir():
     )
 
 
-def read_source(name: str) -> str:
+def read_source(name: str, folder=None) -> str:
     """Text of ``cuda/<name>`` with our own ``#include "x.cuh"`` lines inlined (each header once).
 
     Args:
         name: a file of :data:`SOURCE_FILES` (or any file in the source folder).
+        folder: read from this folder (a path or Traversable) instead of :func:`source_dir`; the
+            CPU tests use it to run their kernel models on edited copies of the sources.
 
     Returns:
         Self-contained CUDA C++ source; only ``<cuda_bf16.h>`` / ``<cuda_fp16.h>`` remain as includes.
     """
-    folder = source_dir()
+    folder = source_dir() if folder is None else (Path(folder) if isinstance(folder, (str, Path)) else folder)
     seen: set[str] = set()
 
     def expand(fname: str) -> str:
@@ -222,10 +224,3 @@ def i32(v: int) -> np.int32:
 def u32(v: int) -> np.uint32:
     """Kernel argument for a C ``unsigned int``."""
     return np.uint32(v)
-
-
-def clear_caches() -> None:
-    """Forget compiled modules and wrapped streams (tests)."""
-    _module.cache_clear()
-    _kernel.cache_clear()
-    _streams.clear()
