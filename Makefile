@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-min-diffusers clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# the integration tests again, against the oldest diffusers pyproject.toml allows (installed aside, from PyPI)
+test-min-diffusers: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/integrations/min_diffusers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -64,29 +64,27 @@ def peak_rss_bytes() -> int:
 def write_random_flux(config_name: str, out: Path, seed: int = 0) -> dict:
     """A diffusers-layout dense bf16 folder of a random-weight FLUX transformer, written tensor by tensor."""
     from torch_ternary.format.folder import INDEX_SUFFIX, WEIGHTS_NAME, _model_config_dict, parse_size
-    from torch_ternary.format.streaming import _Planned, _shard_names, _split, write_safetensors_streaming
+    from torch_ternary.format.streaming import Planned, shard_names, split_shards, write_safetensors_streaming
     from torch_ternary.testing.flux import build_flux
 
     meta = build_flux(flux_config(config_name), device="meta", dtype=torch.bfloat16)
     state = meta.state_dict()
-    entries = [_Planned(k, torch.bfloat16, v.shape) for k, v in state.items()]
-    groups = _split(entries, parse_size(SHARD_SIZE[config_name]))
-    names = _shard_names(WEIGHTS_NAME, len(groups))
     gen = torch.Generator().manual_seed(seed)
 
-    def produce():
-        for key, v in state.items():
-            if key.endswith("bias"):
-                t = torch.zeros(v.shape, dtype=torch.bfloat16)
-            elif v.dim() == 1:
-                t = torch.ones(v.shape, dtype=torch.bfloat16)
-            else:
-                t = (torch.randn(v.shape, generator=gen) * 0.02).to(torch.bfloat16)
-            yield key, t
+    def make(key, shape):
+        if key.endswith("bias"):
+            return torch.zeros(shape, dtype=torch.bfloat16)
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=torch.bfloat16)
+        return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+
+    entries = [Planned(k, torch.bfloat16, v.shape, lambda k=k, s=tuple(v.shape): make(k, s)) for k, v in state.items()]
+    groups = split_shards(entries, parse_size(SHARD_SIZE[config_name]))
+    names = shard_names(WEIGHTS_NAME, len(groups))
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    write_safetensors_streaming([(out / n, g) for n, g in zip(names, groups)], produce(), lambda crcs: {"format": "pt"})
+    write_safetensors_streaming([(out / n, g) for n, g in zip(names, groups)], lambda crcs: {"format": "pt"})
     if len(groups) > 1:
         index = {"metadata": {"total_size": sum(e.nbytes for e in entries)},
                  "weight_map": {e.key: n for n, g in zip(names, groups) for e in g}}

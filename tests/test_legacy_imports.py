@@ -30,7 +30,7 @@ USED_AT_0_1_0 = {
     "torch_ternary.serialization": ("CODES_SUFFIX", "HEADER_KEY", "INDEX_SUFFIX", "WEIGHTS_NAME", "_Planned",
                                     "_model_config_dict", "_shard_names", "_split", "atomic_write", "load_quantized_folder",
                                     "parse_size", "payload_nbytes", "read_folder_header", "read_header",
-                                    "save_quantized_folder", "write_safetensors_streaming", "quantize_file", "save_file"),
+                                    "save_quantized_folder", "write_safetensors_streaming", "quantize_file"),
     "torch_ternary.flux": ("FLUX_DEV_CONFIG", "FLUX_SMALL_CONFIG", "FLUX_TINY_CONFIG", "build_flux", "example_inputs"),
     "torch_ternary.pipelines": ("build_flux_pipeline",),
     "torch_ternary.errors": ("InvalidWeightError", "TernaryConfigError", "TernaryError", "TernaryFormatError",
@@ -76,6 +76,10 @@ USED_AT_0_1_0 = {
 }
 #: modules run with ``python -m`` at 0.1.0 (README, Makefile, docs)
 RUN_AT_0_1_0 = ("torch_ternary.cli", "torch_ternary.demo", "torch_ternary.mini.train")
+#: names that 0.1.0 had and that were removed on purpose as dead code (docs/architecture.md)
+REMOVED = {"torch_ternary.quant_math": ("ternarize",), "torch_ternary.ops_a8": ("dequantize_activations",),
+           "torch_ternary.serialization": ("architecture_fingerprint",), "torch_ternary.kernels.loader": ("clear_caches",)}
+
 NEEDS_DIFFUSERS = ("torch_ternary.integrations.diffusers_quantizer", "torch_ternary.mini.score")
 
 
@@ -133,6 +137,13 @@ def test_split_modules_resolve_to_the_new_objects():
     assert torch_ternary.ops.rows_per_chunk is ternary_linear.rows_per_chunk
     with pytest.raises(AttributeError):
         torch_ternary.serialization.no_such_name  # noqa: B018
+
+
+def test_removed_names_are_gone():
+    for module, names in REMOVED.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            assert not hasattr(mod, name), f"{module}.{name} was meant to be removed"
 
 
 def test_fresh_interpreter_imports_every_old_path():

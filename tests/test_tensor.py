@@ -9,7 +9,7 @@ from torch import nn
 
 from torch_ternary import TernaryTensor, UnsupportedDeviceError, UnsupportedOperationError
 from torch_ternary.errors import InvalidWeightError, TernaryFormatError
-from torch_ternary.quantization.absmean import ternarize
+from torch_ternary.quantization.absmean import absmean_scale, ternary_codes
 
 
 @pytest.fixture
@@ -24,12 +24,12 @@ def test_looks_like_the_dense_weight(tt):
     assert tt.nbytes_packed == 12 * 12 + 12 * 3 * 4
 
 
-def test_from_float_equals_ternarize():
+def test_from_float_equals_absmean_of_the_whole_weight():
     w = torch.randn(50, 70)
-    for gran in ("per_tensor", "per_channel", "per_group"):
+    for gran, g in (("per_tensor", 70), ("per_channel", 70), ("per_group", 32)):
         t = TernaryTensor.from_float(w, gran, 32)
-        codes, scale, g = ternarize(w, gran, 32)
-        assert torch.equal(t.codes(), codes) and torch.equal(t.scale, scale) and t.group_size == g
+        scale = absmean_scale(w, gran, g)
+        assert torch.equal(t.codes(), ternary_codes(w, scale, g)) and torch.equal(t.scale, scale) and t.group_size == g
         assert t.granularity == gran
 
 
@@ -162,3 +162,23 @@ def test_inconsistent_parts_rejected():
         TernaryTensor(packed, torch.ones(4, 1), (4, 16), torch.int8, 16)
     with pytest.raises(TernaryFormatError):
         TernaryTensor.from_codes(torch.full((2, 3), 2), torch.ones(2, 1), 3, torch.float32)
+
+
+def test_requires_grad_true_is_refused_not_ignored():
+    """0.1.0 accepted ``requires_grad=True`` and built a tensor that never got a gradient."""
+    t = TernaryTensor.from_float(torch.randn(8, 32))
+    with pytest.raises(UnsupportedOperationError, match="cannot require grad"):
+        TernaryTensor(t.packed, t.scale, (8, 32), torch.float32, 32, requires_grad=True)
+    with pytest.raises(UnsupportedOperationError, match="cannot require grad"):
+        TernaryTensor(t, requires_grad=True)  # the re-wrap path accelerate uses
+    assert not TernaryTensor(t, requires_grad=False).requires_grad
+
+
+def test_to_copy_with_pin_memory_keyword():
+    """0.1.0 passed ``pin_memory`` on to ``Tensor.to`` and raised TypeError."""
+    t = TernaryTensor.from_float(torch.randn(8, 32))
+    copy = torch.ops.aten._to_copy.default(t, pin_memory=False)
+    assert isinstance(copy, TernaryTensor) and torch.equal(copy, t) and copy.packed.data_ptr() != t.packed.data_ptr()
+    if torch.cuda.is_available():  # pinning needs an accelerator
+        pinned = torch.ops.aten._to_copy.default(t, pin_memory=True)
+        assert pinned.is_pinned()

@@ -13,6 +13,7 @@ The package is grouped by layer (docs/architecture.md): ``ops`` (custom ops) and
 """
 
 from . import _legacy
+from ._version import __version__  # noqa: F401
 from .errors import (
     ArchitectureMismatchError,
     InvalidWeightError,
@@ -27,14 +28,25 @@ from .quantization.config import TernaryConfig
 from .quantization.quantize import quantize_
 from .quantization.report import QuantizationReport
 from .tensor import TernaryTensor
-from .kernels import register as _register_kernels; _register_kernels()  # noqa: E702  (CUDA kernels; no-op on CPU)
 
-__version__ = "0.1.0"
 
-from .integrations import install as _install_integrations  # noqa: E402  (diffusers quantizer; imports nothing heavy)
+def _install() -> None:
+    """What ``import torch_ternary`` sets up, none of it importing diffusers or CuPy or touching a GPU."""
+    import importlib.util
 
-_install_integrations()
-_legacy.install()
+    import torch
+
+    from . import integrations
+
+    _legacy.install()  # 0.1.0 import paths
+    integrations.install()  # the diffusers quantizer, registered when diffusers' quantizers load
+    if torch.version.cuda is not None and importlib.util.find_spec("cupy") is not None:
+        from . import kernels  # CUDA kernels as the ops' CUDA implementation; CuPy loads at the first CUDA call
+
+        kernels.register()
+
+
+_install()
 
 
 def __getattr__(name: str):

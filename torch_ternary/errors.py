@@ -34,3 +34,11 @@ class UnsupportedDeviceError(TernaryError, RuntimeError):
 
 class UnsupportedOperationError(TernaryError, NotImplementedError):
     """An operation was applied to a :class:`~torch_ternary.TernaryTensor` that it does not implement."""
+
+
+class DiffusersVersionError(TernaryError, ImportError):
+    """The installed diffusers is too old for the torch-ternary quantizer (it lacks hooks the quantizer needs)."""
+
+
+class DiffusersVersionWarning(UserWarning):
+    """Issued once when diffusers' quantizers load and the installed diffusers is too old for torch-ternary."""

@@ -61,11 +61,16 @@ class TernaryTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, packed: torch.Tensor, scale: torch.Tensor | None = None, shape=None, dtype: torch.dtype | None = None,
                 group_size: int | None = None, requires_grad: bool = False, activations: str = "16bit"):
+        if requires_grad:
+            raise UnsupportedOperationError(
+                "a TernaryTensor cannot require grad: its codes are fixed and gradients reach only activations, "
+                "biases and the scales (train the scales through torch_ternary.calibration, or dequantize() first)"
+            )
         if scale is None and isinstance(packed, TernaryTensor):
             # ``type(param)(param, requires_grad=...)``: how accelerate's offload hooks (and other code that
             # rebuilds parameters by class) re-wrap a parameter; ``nn.Parameter`` of a tensor subclass is the
             # subclass itself, so this must give back a parameter sharing the same packed data and scales.
-            return nn.Parameter(packed.detach(), requires_grad=requires_grad)
+            return nn.Parameter(packed.detach(), requires_grad=False)
         return torch.Tensor._make_wrapper_subclass(
             cls, tuple(shape), dtype=dtype, device=packed.device, requires_grad=False
         )
@@ -76,7 +81,8 @@ class TernaryTensor(torch.Tensor):
         """Args: ``packed`` uint8 ``[N, ceil(K/16)*4]``; ``scale`` float32 ``[1 or N, S_k]``; ``shape`` ``(N, K)``;
         ``dtype`` the logical dtype; ``group_size`` ``G``; ``activations`` ``"16bit"`` / ``"int8"`` / ``"fp8"``
         (8-bit modes need ``S_k == 1``). ``TernaryTensor(ternary_param, requires_grad=False)``
-        (``scale`` omitted) returns a parameter aliasing ``ternary_param``."""
+        (``scale`` omitted) returns a parameter aliasing ``ternary_param``. ``requires_grad=True`` raises
+        :class:`UnsupportedOperationError`: the codes are fixed (gradients reach the scales through the ops)."""
         if scale is None and isinstance(packed, TernaryTensor):
             return
         if scale is None or shape is None or dtype is None or group_size is None:
@@ -297,8 +303,11 @@ def _to_copy(func, args, kwargs):
     dtype = kwargs.get("dtype") or t.dtype
     if dtype not in _FLOAT_DTYPES:
         raise UnsupportedOperationError(f"a TernaryTensor's dtype must stay floating; cannot convert to {dtype}")
-    move = {k: kwargs[k] for k in ("device", "non_blocking", "pin_memory") if kwargs.get(k) is not None}
-    return t._with(t.packed.to(copy=True, **move), t.scale.to(copy=True, **move), dtype)
+    move = {k: kwargs[k] for k in ("device", "non_blocking") if kwargs.get(k) is not None}
+    packed, scale = t.packed.to(copy=True, **move), t.scale.to(copy=True, **move)
+    if kwargs.get("pin_memory"):  # Tensor.to has no pin_memory argument: pin the copies
+        packed, scale = packed.pin_memory(), scale.pin_memory()
+    return t._with(packed, scale, dtype)
 
 
 @_implements(aten.copy_.default)

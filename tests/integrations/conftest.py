@@ -1,13 +1,46 @@
-"""Fixtures for the diffusers integration tests: tiny FLUX folders and pipelines built offline."""
+"""Fixtures for the diffusers integration tests: tiny FLUX folders and pipelines built offline.
 
-import importlib.util
+Without the diffusers extra (diffusers, accelerate, peft), or with a diffusers older than the
+quantizer's minimum, every test module here that needs them calls :func:`require_extras` before
+importing them and is reported as skipped, with the reason (``pytest -rs`` lists them).
+"""
+
+import functools
+import importlib
 
 import pytest
 import torch
 
-# Without the diffusers extra there is nothing to integrate with: skip the whole folder.
-if any(importlib.util.find_spec(m) is None for m in ("diffusers", "accelerate", "peft")):
-    collect_ignore_glob = ["test_*.py"]
+#: What the integration tests import; the ``diffusers`` extra of pyproject.toml installs them.
+EXTRAS = ("diffusers", "accelerate", "peft")
+
+
+@functools.cache
+def missing_extras(compatible: bool = True) -> str | None:
+    """Why the integration tests cannot run here, or None.
+
+    Args:
+        compatible: also require a diffusers recent enough for the quantizer (``MIN_DIFFUSERS``).
+    """
+    for name in EXTRAS:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # missing, or present but broken
+            return f"the diffusers extra is missing: cannot import {name} ({e}); pip install 'torch-ternary[diffusers]'"
+    if compatible:
+        from torch_ternary.integrations.registration import diffusers_problem
+
+        return diffusers_problem()
+    return None
+
+
+def require_extras(compatible: bool = True) -> None:
+    """Skip the calling test module (at import, reported with the reason) if :func:`missing_extras` says so."""
+    __tracebackhide__ = True  # the skip is reported at the calling module's line, not here
+    reason = missing_extras(compatible)
+    if reason is not None:
+        pytest.skip(reason, allow_module_level=True)
+
 
 PIPE_KW = {"prompt": "a red cube on a table", "height": 16, "width": 16, "max_sequence_length": 32, "output_type": "pt"}
 

@@ -6,7 +6,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torch_ternary.errors import InvalidWeightError, TernaryConfigError
-from torch_ternary.quantization.absmean import SCALE_EPS, absmean_scale, dequantize_codes, ternarize
+from torch_ternary.quantization.absmean import (
+    SCALE_EPS,
+    absmean_scale,
+    check_weight,
+    dequantize_codes,
+    resolve_group_size,
+    ternary_codes,
+)
+
+
+def ternarize(w, granularity="per_channel", group_size=128):
+    """What ``TernaryTensor.from_float`` computes for one weight: ``(codes, scale, G)``."""
+    check_weight(w)
+    g = resolve_group_size(granularity, group_size, w.shape[1])
+    scale = absmean_scale(w, granularity, g)
+    return ternary_codes(w, scale, g), scale, g
 
 
 def _reference_ternarize(w: torch.Tensor, granularity: str, group_size: int):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -12,14 +10,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import TernaryFormatError
+from ..quantization.absmean import check_weight, num_groups, resolve_group_size
 from ..quantization.config import TernaryConfig
 from ..tensor import TernaryTensor
-from . import packing
-from .base3 import encoded_nbytes
-from .codes import _stored_ternary
-from .header import CODECS, CODES_SUFFIX, HEADER_KEY, SCALE_SUFFIX, _dtype_name, make_header
+from .codes import codes_shape, stored_ternary
+from .header import CODECS, CODES_SUFFIX, HEADER_KEY, SCALE_SUFFIX, file_metadata, fingerprint, layer_entry, make_header
 from .memory import release_freed_memory
-from .streaming import _PREAD, _ST_DTYPES, _Planned, _progress, write_safetensors_streaming
+from .streaming import _PREAD, TORCH_DTYPES, Planned, _progress, write_safetensors_streaming
 
 #: FLUX transformer keys, for ``preset="auto"`` on a plain file (there is no module class to look at).
 _FLUX_KEYS = ("x_embedder.weight", "context_embedder.weight", "proj_out.weight")
@@ -54,8 +51,6 @@ def quantize_file(
         FileNotFoundError: ``src`` missing. TernaryFormatError: not safetensors, already ternary, or an
         unsupported dtype. InvalidWeightError: NaN/Inf in a selected weight.
     """
-    from ..quantization.absmean import check_weight, num_groups, resolve_group_size
-
     config = config or TernaryConfig()
     if codec not in CODECS:
         raise TernaryFormatError(f"codec must be one of {CODECS}, got {codec!r}")
@@ -70,24 +65,37 @@ def quantize_file(
         raise TernaryFormatError(f"{src}: not a readable safetensors file (truncated or corrupt?): {e}") from e
     if HEADER_KEY in metadata:
         raise TernaryFormatError(f"{src}: already a torch-ternary file")
-    st_to_torch = {v: k for k, v in _ST_DTYPES.items()}
     preset = config.preset
     if preset == "auto":
         keys = set(shapes)
         flux = all(k in keys for k in _FLUX_KEYS) and any(k.startswith("single_transformer_blocks.") for k in keys)
         preset = "flux" if flux else "all"
-    entries, selected, layers, order = [], set(), {}, []
+    handle = {}  # the pread handle of src while writing
+    scales: dict[str, torch.Tensor] = {}  # a layer's scale, made with its codes, written right after them
+
+    def read(key):
+        t = handle["f"].get_tensor(key)
+        return t.to(dtype) if dtype is not None and t.dtype.is_floating_point else t.contiguous()
+
+    def ternary_codes(key):
+        t = read(key)
+        check_weight(t, key)
+        tt = TernaryTensor.from_float(t, config.granularity, config.group_size, activations=config.activations)
+        del t
+        codes, scales[key], _ = stored_ternary(tt, codec)
+        return codes
+
+    entries, layers = [], {}
     params_total = params_ternary = 0
     for key, (shape, st_dtype) in shapes.items():
-        if st_dtype not in st_to_torch:
+        if st_dtype not in TORCH_DTYPES:
             raise TernaryFormatError(f"{src}: tensor {key} has dtype {st_dtype}, which torch-ternary cannot store")
-        t_dtype = st_to_torch[st_dtype]
+        t_dtype = TORCH_DTYPES[st_dtype]
         out_dtype = dtype if (dtype is not None and t_dtype.is_floating_point) else t_dtype
         numel = 1
         for s in shape:
             numel *= s
         params_total += numel
-        order.append(key)
         module_name, _, attr = key.rpartition(".")
         if attr == "weight" and len(shape) == 2 and t_dtype.is_floating_point and min(shape) > 0:
             n, k = shape
@@ -96,44 +104,28 @@ def quantize_file(
             if config.selects(module_name, probe, preset):
                 g = resolve_group_size(config.granularity, config.group_size, k)
                 s_rows = 1 if config.granularity == "per_tensor" else n
-                codes_shape = list(packing.packed_shape(n, k)) if codec == "2bit" else [encoded_nbytes(n * k)]
-                entries.append(_Planned(key + CODES_SUFFIX, torch.uint8, codes_shape))
-                entries.append(_Planned(key + SCALE_SUFFIX, torch.float32, [s_rows, num_groups(k, g)]))
-                layers[key] = {"shape": [n, k], "dtype": _dtype_name(out_dtype), "group_size": g,
-                               "activations": config.activations}
-                selected.add(key)
+                entries.append(Planned(key + CODES_SUFFIX, torch.uint8, codes_shape(codec, n, k),
+                                       lambda key=key: ternary_codes(key)))
+                entries.append(Planned(key + SCALE_SUFFIX, torch.float32, [s_rows, num_groups(k, g)],
+                                       lambda key=key: scales.pop(key)))
+                layers[key] = layer_entry((n, k), out_dtype, g, config.activations)
                 params_ternary += numel
                 continue
-        entries.append(_Planned(key, out_dtype, shape))
-    fingerprint = hashlib.sha256(json.dumps(sorted((k, s) for k, (s, _) in shapes.items())).encode()).hexdigest()
+        entries.append(Planned(key, out_dtype, shape, lambda key=key: read(key)))
     class_name = "FluxTransformer2DModel" if preset == "flux" and config.preset == "auto" else "safetensors state dict"
-    header = make_header(codec, class_name, fingerprint, config, layers, {})
+    header = make_header(codec, class_name, fingerprint({k: s for k, (s, _) in shapes.items()}), config, layers, {})
+    bar = _progress(len(entries), f"Ternarizing {src.name}", progress)
 
-    def produce():
-        bar = _progress(len(order), f"Ternarizing {src.name}", progress)
+    def written(entry):
+        bar.update(1)
+        if entry.key.endswith(SCALE_SUFFIX):
+            release_freed_memory()  # the layer's dense weight and encoding buffers are free by now
+
+    try:
         with safe_open(str(src), framework="pt", **_PREAD) as f:
-            for key in order:
-                t = f.get_tensor(key)
-                if dtype is not None and t.dtype.is_floating_point:
-                    t = t.to(dtype)
-                if key in selected:
-                    check_weight(t, key)
-                    tt = TernaryTensor.from_float(t, config.granularity, config.group_size)
-                    del t
-                    codes, scale, _ = _stored_ternary(tt, codec)
-                    del tt
-                    yield key + CODES_SUFFIX, codes
-                    del codes
-                    yield key + SCALE_SUFFIX, scale
-                    release_freed_memory()
-                else:
-                    yield key, t.contiguous()
-                bar.update(1)
+            handle["f"] = f
+            write_safetensors_streaming([(dst, entries)], lambda crcs: file_metadata(header, crcs), on_written=written)
+    finally:
         bar.close()
-
-    def make_metadata(crcs):
-        return {"format": "pt", HEADER_KEY: json.dumps({**header, "crc32": crcs}, sort_keys=True)}
-
-    write_safetensors_streaming([(dst, entries)], produce(), make_metadata)
-    return {"tensors": len(order), "ternary_layers": len(selected), "params_ternary": params_ternary,
+    return {"tensors": len(shapes), "ternary_layers": len(layers), "params_ternary": params_ternary,
             "params_total": params_total, "bytes_in": src.stat().st_size, "bytes_out": dst.stat().st_size}

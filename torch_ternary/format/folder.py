@@ -1,9 +1,17 @@
-"""Ternary models as diffusers-layout folders: ``config.json`` plus (sharded) safetensors weights."""
+"""Ternary models as diffusers-layout folders: ``config.json`` plus (sharded) safetensors weights.
+
+Saving a folder is atomic as a set: a reader (diffusers, :func:`load_quantized_folder`) sees the old
+weights or the new ones, never a mix. The index (``diffusion_pytorch_model.safetensors.index.json``) is the
+commit point: new shards are written under names no file of the old set has, the index is then replaced
+atomically, and only after that are stale files removed. A single-file save replaces
+``diffusion_pytorch_model.safetensors`` atomically before it removes an old index (which readers prefer).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -12,39 +20,21 @@ from torch import nn
 
 from ..errors import TernaryFormatError
 from ..quantization.config import TernaryConfig
-from ..tensor import TernaryTensor, check_device
-from .atomic import atomic_write
-from .base3 import encoded_nbytes
-from .codes import _stored_ternary
-from .header import (
-    CODECS,
-    CODES_SUFFIX,
-    FORMAT_VERSION,
-    HEADER_KEY,
-    SCALE_SUFFIX,
-    _dtype_name,
-    _fingerprint,
-    make_header,
-)
-from .loading import _load_into
+from .atomic import atomic_write, fsync_dir
+from .header import CODECS, CODES_SUFFIX, FORMAT_VERSION, check_header_crc, dtype_name, file_metadata, parse_header
+from .loading import load_checkpoint
 from .memory import release_freed_memory
-from .single_file import read_header
-from .state_dict import _storage_key
-from .streaming import _Planned, _progress, _shard_names, _split, write_safetensors_streaming
+from .state_dict import model_config, plan_state_dict, unwrap_compiled
+from .streaming import _progress, shard_names, split_shards, write_safetensors_streaming
 
 #: diffusers' weights file name; shards are ``diffusion_pytorch_model-00001-of-00003.safetensors``.
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
 INDEX_SUFFIX = ".index.json"
-
-
 CONFIG_NAME = "config.json"
-
-
 #: ``quant_method`` of the ``quantization_config`` in a ternary folder's ``config.json``.
 QUANT_METHOD = "torch_ternary"
-
+#: An index larger than this is refused unread (FLUX.1-dev's is about 100 KB).
+MAX_INDEX_BYTES = 64 << 20
 
 _SIZE_UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
 
@@ -75,7 +65,7 @@ def quantization_config_dict(config: TernaryConfig | None, codec: str, torch_dty
     if codec not in CODECS:
         raise TernaryFormatError(f"codec must be one of {CODECS}, got {codec!r}")
     if isinstance(torch_dtype, torch.dtype):
-        torch_dtype = _dtype_name(torch_dtype)
+        torch_dtype = dtype_name(torch_dtype)
     return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "codec": codec, "torch_dtype": torch_dtype,
             **(config or TernaryConfig()).to_dict()}
 
@@ -93,11 +83,12 @@ def save_quantized_folder(
     header (see docs/format.md). This is the format ``model.save_pretrained`` writes for a model loaded
     with the torch-ternary diffusers quantizer, but streamed: each layer is encoded only when written,
     so it needs no memory beyond the model and one layer (``save_pretrained`` encodes all layers first).
-    Works for any module ``quantize_`` was applied to (no diffusers quantizer needed).
+    Works for any module ``quantize_`` was applied to (no diffusers quantizer needed), compiled or not.
+    The weights are replaced atomically as a set (module docstring); ``config.json`` is written first.
 
     Args:
         model: the (ternarized) module; no tensor on meta.
-        directory: destination folder (created; stale weight shards of the same name are removed).
+        directory: destination folder (created; stale weight files of the same name are removed).
         codec: ``"base3"`` (default) or ``"2bit"``.
         max_shard_size: shard size limit (int bytes or ``"10GB"``-style string).
         weights_name: base file name.
@@ -106,70 +97,44 @@ def save_quantized_folder(
     Returns:
         The folder.
     """
-    if codec not in CODECS:
-        raise TernaryFormatError(f"codec must be one of {CODECS}, got {codec!r}")
     directory = Path(directory)
     max_bytes = parse_size(max_shard_size)
-    state = model.state_dict(keep_vars=True)
-    entries: list[_Planned] = []
-    layers, aliases, seen, order = {}, {}, {}, []
-    for name, t in state.items():
-        if t.device.type == "meta":
-            raise TernaryFormatError(f"{name} is on meta: there is no data to save")
-        key = _storage_key(t)
-        if key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        order.append(name)
-        if isinstance(t, TernaryTensor):
-            n, k = t.shape
-            codes_shape = list(t.packed.shape) if codec == "2bit" else [encoded_nbytes(n * k)]
-            entries.append(_Planned(name + CODES_SUFFIX, torch.uint8, codes_shape))
-            entries.append(_Planned(name + SCALE_SUFFIX, torch.float32, t.scale.shape))
-            layers[name] = {"shape": [n, k], "dtype": _dtype_name(t.dtype), "group_size": t.group_size,
-                            "activations": t.activations}
-        else:
-            entries.append(_Planned(name, t.dtype, t.shape))
-    config = getattr(model, "_torch_ternary_config", None)
-    header = make_header(codec, type(model).__name__, _fingerprint(state), config, layers, aliases)
+    inner = unwrap_compiled(model)
+    plan = plan_state_dict(inner.state_dict(keep_vars=True), codec)
+    config = model_config(inner)
+    header = plan.header(codec, config, type(inner).__name__)
+    groups = split_shards(plan.entries, max_bytes)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = shard_names(weights_name, len(groups))
+    if len(groups) > 1 and any((directory / n).exists() for n in names):  # never overwrite a file of the old set
+        names = shard_names(weights_name, len(groups), tag=secrets.token_hex(4))
+    model_cfg = _model_config_dict(inner)
+    if model_cfg is not None:
+        dtype = next((p.dtype for p in inner.parameters() if p.dtype.is_floating_point), None)
+        model_cfg["quantization_config"] = quantization_config_dict(config, codec, dtype)
+        atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(model_cfg, indent=2, sort_keys=True) + "\n"))
 
-    def produce():
-        bar = _progress(len(order), f"Writing {directory.name}", progress)
-        for name in order:
-            t = state[name]
-            if isinstance(t, TernaryTensor):
-                codes, scale, _ = _stored_ternary(t, codec)
-                yield name + CODES_SUFFIX, codes
-                del codes
-                yield name + SCALE_SUFFIX, scale
-                release_freed_memory()
-            else:
-                yield name, t.detach().cpu().contiguous()
-            bar.update(1)
+    bar = _progress(len(plan.entries), f"Writing {directory.name}", progress)
+
+    def written(entry):
+        bar.update(1)
+        if entry.key.endswith(CODES_SUFFIX):
+            release_freed_memory()  # the layer's encoding buffers are free by now
+
+    try:
+        crcs = write_safetensors_streaming([(directory / n, g) for n, g in zip(names, groups)],
+                                           lambda crcs: file_metadata(header, crcs), on_written=written)
+    finally:
         bar.close()
-
-    def make_metadata(crcs):
-        return {"format": "pt", HEADER_KEY: json.dumps({**header, "crc32": crcs}, sort_keys=True)}
-
-    groups = _split(entries, max_bytes)
-    names = _shard_names(weights_name, len(groups))
-    crcs = write_safetensors_streaming([(directory / n, g) for n, g in zip(names, groups)], produce(), make_metadata)
-
     index_path = directory / (weights_name + INDEX_SUFFIX)
     if len(groups) > 1:
-        index = {"metadata": {"total_size": sum(e.nbytes for e in entries), **make_metadata(crcs)},
+        index = {"metadata": {"total_size": plan.nbytes, **file_metadata(header, crcs)},
                  "weight_map": {e.key: n for n, g in zip(names, groups) for e in g}}
         atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n"))
     elif index_path.exists():
-        index_path.unlink()
-    _remove_stale_shards(directory, weights_name, set(names))
-    model_config = _model_config_dict(model)
-    if model_config is not None:
-        dtype = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), None)
-        model_config["quantization_config"] = quantization_config_dict(config, codec, dtype)
-        atomic_write(directory / CONFIG_NAME,
-                     lambda tmp: tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n"))
+        index_path.unlink()  # the single file (renamed in above) is what readers see from now on
+        fsync_dir(directory)
+    _remove_stale_weights(directory, weights_name, set(names))
     return directory
 
 
@@ -183,46 +148,90 @@ def _model_config_dict(model: nn.Module) -> dict | None:
     return d
 
 
-def _remove_stale_shards(directory: Path, weights_name: str, keep: set[str]) -> None:
+def _remove_stale_weights(directory: Path, weights_name: str, keep: set[str]) -> None:
+    """Remove the weight files of earlier saves (single file or shards, tagged or not) that ``keep`` does not name."""
     import re
 
     stem, ext = weights_name.rsplit(".", 1)
-    pattern = re.compile(re.escape(stem) + r"(-\d{5}-of-\d{5})?\." + re.escape(ext))
+    pattern = re.compile(re.escape(stem) + r"(-\d{5}-of-\d{5}(\.[0-9a-f]{8})?)?\." + re.escape(ext))
     for p in directory.iterdir():
         if p.is_file() and pattern.fullmatch(p.name) and p.name not in keep:
             p.unlink()
 
 
-def folder_files(directory: str | os.PathLike, weights_name: str = WEIGHTS_NAME) -> tuple[dict[str, Path], dict | None]:
-    """``({key: shard path}, index or None)`` of a (possibly sharded) safetensors folder.
+def _plain_name(name) -> bool:
+    """A shard name an index may hold: a file name in the folder itself (no folder part, not ``.``/``..``)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and os.path.basename(name) == name)
+
+
+def _read_index(index_path: Path, directory: Path) -> dict[str, Path]:
+    try:
+        size = index_path.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise TernaryFormatError(f"{index_path}: a {size:,}-byte index is not a safetensors index (limit {MAX_INDEX_BYTES:,})")
+        index = json.loads(index_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise TernaryFormatError(f"{index_path}: not a valid safetensors index: {e}") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise TernaryFormatError(f"{index_path}: not a valid safetensors index (no 'weight_map' of names)")
+    root = directory.resolve()
+    files: dict[str, Path] = {}
+    for name in weight_map.values():
+        if not _plain_name(name):
+            raise TernaryFormatError(f"{index_path}: shard {name!r} is not a file of this folder: refused")
+        if name in files:
+            continue
+        path = directory / name
+        if path.resolve().parent != root:  # a link out of the folder
+            raise TernaryFormatError(f"{index_path}: shard {name!r} leads out of the folder: refused")
+        if not path.is_file():
+            raise TernaryFormatError(f"{index_path} names a shard that is missing: {name}")
+        files[name] = path
+    return {key: files[name] for key, name in weight_map.items()}
+
+
+def folder_files(directory: str | os.PathLike, weights_name: str = WEIGHTS_NAME) -> tuple[dict[str, Path], bool]:
+    """``({stored key: file}, sharded)`` of a (possibly sharded) safetensors folder.
 
     Raises:
-        FileNotFoundError: no folder, or no weights file / index in it.
-        TernaryFormatError: an index that is not valid JSON or names missing shards.
+        FileNotFoundError: ``directory`` does not exist.
+        TernaryFormatError: not a folder, no weights in it, an index that is not valid JSON, names a shard
+            outside the folder or a missing one, or an unreadable weights file.
     """
     directory = Path(directory)
-    if not directory.is_dir():
+    if not directory.exists():
         raise FileNotFoundError(f"no such folder: {directory}")
+    if not directory.is_dir():
+        raise TernaryFormatError(f"{directory} is not a folder (a single file? load it with load_quantized)")
     index_path = directory / (weights_name + INDEX_SUFFIX)
     if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map = {str(k): directory / str(v) for k, v in dict(index["weight_map"]).items()}
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-            raise TernaryFormatError(f"{index_path}: not a valid safetensors index: {e}") from e
-        for f in set(weight_map.values()):
-            if not f.is_file():
-                raise FileNotFoundError(f"{index_path} names a shard that is missing: {f.name}")
-        return weight_map, index
+        return _read_index(index_path, directory), True
     single = directory / weights_name
     if not single.is_file():
-        raise FileNotFoundError(f"{directory}: neither {weights_name} nor {weights_name + INDEX_SUFFIX} is there")
+        raise TernaryFormatError(f"{directory}: neither {weights_name} nor {weights_name + INDEX_SUFFIX} is there")
     try:
         with safe_open(str(single), framework="pt") as f:
             keys = list(f.keys())
     except (SafetensorError, OSError, ValueError) as e:
         raise TernaryFormatError(f"{single}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-    return {k: single for k in keys}, None
+    return {k: single for k in keys}, False
+
+
+def _folder_header(directory: Path, key_files: dict[str, Path], verify: bool = False) -> dict:
+    """The header of the folder's first shard (every shard carries the same one), checksummed with ``verify``."""
+    files = sorted(set(key_files.values()))
+    if not files:
+        raise TernaryFormatError(f"{directory}: the weights hold no tensor")
+    try:
+        with safe_open(str(files[0]), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TernaryFormatError(f"{files[0]}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    if verify:
+        check_header_crc(metadata, files[0])
+    return parse_header(metadata, files[0])
 
 
 def read_folder_header(directory: str | os.PathLike, weights_name: str = WEIGHTS_NAME) -> dict:
@@ -230,23 +239,20 @@ def read_folder_header(directory: str | os.PathLike, weights_name: str = WEIGHTS
 
     Every shard carries the same header; this reads (and validates) the first one.
     """
-    key_files, _ = folder_files(directory, weights_name)
-    files = sorted(set(key_files.values()))
-    if not files:
-        raise TernaryFormatError(f"{directory}: the weights hold no tensor")
-    return read_header(files[0])
+    return _folder_header(Path(directory), folder_files(directory, weights_name)[0])
 
 
 def load_quantized_folder(
     model: nn.Module, directory: str | os.PathLike, device: torch.device | str = "cpu", verify: bool = True,
     weights_name: str = WEIGHTS_NAME,
 ) -> nn.Module:
-    """:func:`load_quantized` for a folder from :func:`save_quantized_folder` / ``save_pretrained`` (diffusers not needed).
+    """:func:`~torch_ternary.format.load_quantized` for a folder from :func:`save_quantized_folder` / ``save_pretrained``.
 
-    Same checks and errors as :func:`load_quantized`; ``model`` may be built on ``meta``.
+    Same checks, errors and guarantee (a failed load leaves ``model`` as it was); ``model`` may be built
+    on ``meta``; diffusers is not needed. Raises TernaryFormatError also for an index that names a shard
+    outside the folder or a missing one.
     """
-    check_device(device)
     directory = Path(directory)
     key_files, _ = folder_files(directory, weights_name)
-    header = read_folder_header(directory, weights_name)
-    return _load_into(model, header, key_files, directory, device, verify)
+    header = _folder_header(directory, key_files, verify)
+    return load_checkpoint(model, header, key_files, directory, device, verify)

@@ -8,30 +8,29 @@ in the safetensors metadata (:mod:`.header`). Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import TernaryFormatError
-from ..tensor import check_device
-from .atomic import atomic_write
-from .header import HEADER_KEY, parse_header
-from .loading import _load_into
-from .state_dict import quantized_state_dict
+from .header import check_header_crc, file_metadata, parse_header
+from .loading import load_checkpoint
+from .state_dict import model_config, plan_state_dict, unwrap_compiled
+from .streaming import write_safetensors_streaming
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike, codec: str = "base3") -> Path:
     """Write ``model`` (ternary weights and everything else in its state dict) to one safetensors file.
 
-    The write is atomic: a temporary file in the same folder is fsynced, then renamed over ``path``.
+    Tensors are encoded and written one at a time; the file is written under a fresh temporary name in
+    the same folder, fsynced and renamed over ``path`` (the folder fsynced): a reader sees the old file or
+    the new one, never a part. A compiled model (``torch.compile(model)``) is saved as the module it wraps.
 
     Args:
-        model: the (ternarized) module.
+        model: the (ternarized) module; no tensor on meta.
         path: destination ``.safetensors`` file.
         codec: ``"base3"`` (default, 1.6 bits a weight) or ``"2bit"``.
 
@@ -39,23 +38,34 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, codec: str = "base
         The path written.
     """
     path = Path(path)
-    tensors, header = quantized_state_dict(model, codec)
-    metadata = {"format": "pt", HEADER_KEY: json.dumps(header, sort_keys=True)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    inner = unwrap_compiled(model)
+    plan = plan_state_dict(inner.state_dict(keep_vars=True), codec)
+    header = plan.header(codec, model_config(inner), type(inner).__name__)
+    write_safetensors_streaming([(path, plan.entries)], lambda crcs: file_metadata(header, crcs))
     return path
 
 
-def read_header(path: str | os.PathLike) -> dict:
-    """The torch-ternary header of a file, validated for version and shape; raises :class:`TernaryFormatError`."""
-    path = Path(path)
-    if not path.is_file():
+def _open_metadata(path: Path) -> tuple[dict, list[str]]:
+    if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    if not path.is_file():
+        raise TernaryFormatError(f"{path} is not a file (a folder? load it with load_quantized_folder)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            return f.metadata() or {}, list(f.keys())
     except (SafetensorError, OSError, ValueError) as e:
         raise TernaryFormatError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
-    return parse_header(metadata, path)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The torch-ternary header of a file, fully validated (:func:`~.header.parse_header`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        TernaryFormatError: not a readable safetensors file, no or a malformed header, a newer version.
+    """
+    path = Path(path)
+    return parse_header(_open_metadata(path)[0], path)
 
 
 def load_quantized(
@@ -64,25 +74,31 @@ def load_quantized(
     """Load a file written by :func:`save_quantized` into ``model``, in place.
 
     ``model`` may be built on ``meta`` (``with torch.device("meta"): model = Cls(config)``): ternary
-    weights are built straight from the packed data, so no dense weight is ever materialized.
-    Everything is read and checked before the model is touched: on any error it is unchanged.
+    weights are built straight from the packed data, so no dense weight is ever materialized. The header
+    (config included) and every stored tensor's dtype and shape are checked against the model first,
+    then every tensor is read, validated and placed on ``device``, and only then assigned: on any
+    error the model is left bit for bit as it was. A compiled model loads into the module it wraps.
 
     Args:
-        model: a module of the architecture that was saved (dense, ternarized, or on meta).
+        model: a module of the architecture that was saved (dense, ternarized, or on meta), of the file's dtypes.
         path: a ``.safetensors`` file from :func:`save_quantized`.
         device: where the loaded tensors go (``cpu`` or ``cuda``).
-        verify: check the CRC32 of every tensor (a full read; disable only for trusted files).
+        verify: check the CRC32 of the header and of every tensor (a full read; disable only for trusted files:
+            then a flipped bit in dense data, or an edit of the header that keeps it consistent, goes unnoticed;
+            invalid ternary codes, NaN scales and inconsistent headers are still refused).
 
     Returns:
         ``model``.
 
     Raises:
-        TernaryFormatError: truncated, corrupt, foreign or newer-version file.
-        ArchitectureMismatchError: the file's tensors do not fit ``model``.
+        FileNotFoundError: ``path`` does not exist.
+        TernaryFormatError: truncated, corrupt, malformed, foreign or newer-version file.
+        ArchitectureMismatchError: the file's tensors (names, shapes, dtypes) do not fit ``model``.
+        UnsupportedDeviceError: a device other than CPU / CUDA, or CUDA without a GPU.
     """
-    check_device(device)
     path = Path(path)
-    header = read_header(path)
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-    return _load_into(model, header, {k: path for k in keys}, path, device, verify)
+    metadata, keys = _open_metadata(path)
+    if verify:
+        check_header_crc(metadata, path)
+    header = parse_header(metadata, path)
+    return load_checkpoint(model, header, {k: path for k in keys}, path, device, verify)

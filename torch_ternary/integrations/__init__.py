@@ -1,20 +1,25 @@
 """Integrations with other libraries, registered without importing them.
 
-diffusers: ``import torch_ternary`` makes ``quantization_config=TernaryConfig()`` (and the
-``"quant_method": "torch_ternary"`` entry of a saved ``config.json``) known to diffusers'
-``from_pretrained``. diffusers looks quantizers up in two module-level dicts of
-``diffusers.quantizers.auto`` and has no registration function, so torch-ternary adds its entries to
-those dicts:
+diffusers: ``import torch_ternary`` makes ``quantization_config=TernaryConfig()``,
+``PipelineQuantizationConfig(...)`` with a ternary config or ``quant_backend="torch_ternary"``, and
+the ``"quant_method": "torch_ternary"`` entry of a saved ``config.json`` known to diffusers, and makes
+``save_pretrained`` of a diffusers model ternarized with ``quantize_`` write the ternary format.
+diffusers looks quantizers up in module-level dicts and has no registration function;
+:mod:`.registration` holds every write into them (and the minimum-version check). They are written:
 
-* if ``diffusers.quantizers.auto`` is already imported, right away;
+* if ``diffusers.quantizers.auto`` (and ``transformers.quantizers.auto``, which
+  ``PipelineQuantizationConfig`` consults too) is already imported, right away;
 * otherwise, if diffusers is installed (``importlib.util.find_spec``, which imports nothing), a
-  post-import hook on ``sys.meta_path`` adds them the moment ``diffusers.quantizers.auto`` finishes
-  loading. Every path to ``ModelMixin.from_pretrained`` imports that module first, so registration
-  always precedes the first ``from_pretrained`` call, and ``import torch_ternary`` stays as fast as
-  without diffusers (importing diffusers' quantizers would add about 2 s).
+  post-import hook on ``sys.meta_path`` writes them the moment each of those modules finishes
+  loading. Every path to ``ModelMixin`` (so to ``from_pretrained``) imports ``diffusers.quantizers.auto``
+  first, so registration always precedes the first ``from_pretrained`` call, and ``import torch_ternary``
+  stays as fast as without diffusers (importing diffusers' quantizers would add about 2 s).
 * if diffusers is missing, nothing happens.
 
-:func:`register_diffusers` does the registration by hand (idempotent); it is what the hook calls.
+A failed registration never breaks ``import diffusers``: with a diffusers older than
+:data:`~.registration.MIN_DIFFUSERS` it is a :class:`~torch_ternary.errors.DiffusersVersionWarning`,
+and using the quantizer then raises :class:`~torch_ternary.errors.DiffusersVersionError`.
+:func:`register_diffusers` does the registration by hand (idempotent).
 """
 
 from __future__ import annotations
@@ -24,32 +29,61 @@ import importlib.util
 import sys
 import warnings
 
+from ..errors import DiffusersVersionError, DiffusersVersionWarning
+
 _AUTO = "diffusers.quantizers.auto"
-_registered = False
+_TRANSFORMERS_AUTO = "transformers.quantizers.auto"
+_TARGETS = (_AUTO, _TRANSFORMERS_AUTO)
+_done: set[str] = set()  # the target modules already registered into
+_registered = False  # the real diffusers quantizer is registered
+_problem: str | None = None  # why it is not (too old a diffusers), once diffusers' quantizers loaded
 
 
 def register_diffusers() -> bool:
-    """Add the torch-ternary quantizer to diffusers' quantizer tables; True if diffusers is present.
+    """Register the torch-ternary quantizer with diffusers; True if diffusers is present, False if not.
 
     Idempotent. Imports ``diffusers.quantizers.auto`` (and so diffusers) if it is not imported yet.
-    """
-    if _registered:
-        return True
-    if importlib.util.find_spec("diffusers") is None:
-        return False
-    from diffusers.quantizers import auto
 
-    _register_into(auto)
+    Raises:
+        DiffusersVersionError: the installed diffusers is older than ``MIN_DIFFUSERS`` (stand-ins that
+            raise the same error are registered, so ``from_pretrained`` fails clearly too).
+    """
+    if not _registered and _problem is None:
+        if importlib.util.find_spec("diffusers") is None:
+            return False
+        from diffusers.quantizers import auto
+
+        _register(_AUTO, auto)
+        transformers_auto = sys.modules.get(_TRANSFORMERS_AUTO)
+        if transformers_auto is not None:
+            _register(_TRANSFORMERS_AUTO, transformers_auto)
+    if _problem is not None:
+        raise DiffusersVersionError(_problem)
     return True
 
 
-def _register_into(auto) -> None:
-    global _registered
-    from .diffusers_quantizer import QUANT_METHOD, TernaryDiffusersQuantizer, TernaryQuantizationConfig
+def _register(name: str, module) -> None:
+    """Write torch-ternary's entries into the tables of ``module`` (one of ``_TARGETS``), once."""
+    global _registered, _problem
+    if name in _done:
+        return
+    from . import registration
 
-    auto.AUTO_QUANTIZER_MAPPING[QUANT_METHOD] = TernaryDiffusersQuantizer
-    auto.AUTO_QUANTIZATION_CONFIG_MAPPING[QUANT_METHOD] = TernaryQuantizationConfig
-    _registered = True
+    if name == _AUTO:
+        problem = registration.register_into_diffusers(module)
+        _registered, _problem = problem is None, problem
+        if problem is not None:
+            warnings.warn(problem, DiffusersVersionWarning, stacklevel=3)
+    else:
+        registration.register_into_transformers(module)
+    _done.add(name)
+
+
+def _register_safely(name: str, module) -> None:
+    try:
+        _register(name, module)
+    except Exception as e:  # noqa: BLE001  (never break the import of diffusers or transformers)
+        warnings.warn(f"torch-ternary could not register its diffusers quantizer: {e!r}", stacklevel=3)
 
 
 class _WrappedLoader(importlib.abc.Loader):
@@ -63,21 +97,19 @@ class _WrappedLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _uninstall_hook()
-        try:
-            _register_into(module)
-        except Exception as e:  # never break diffusers' own import
-            warnings.warn(f"torch-ternary could not register its diffusers quantizer: {e!r}", stacklevel=2)
+        _register_safely(module.__name__, module)
+        if all(name in _done for name in _TARGETS):
+            _uninstall_hook()
 
     def __getattr__(self, name):  # get_source, get_code, is_package, ... for tracebacks and inspect
         return getattr(self._loader, name)
 
 
 class _DiffusersHook(importlib.abc.MetaPathFinder):
-    """Finds ``diffusers.quantizers.auto`` through the other finders and wraps its loader."""
+    """Finds the modules of ``_TARGETS`` through the other finders and wraps their loaders."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _AUTO:
+        if fullname not in _TARGETS or fullname in _done:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -101,22 +133,21 @@ def _uninstall_hook() -> None:
 
 
 def install() -> None:
-    """Called by ``import torch_ternary``: register now, or when diffusers' quantizers load, or never."""
+    """Called by ``import torch_ternary``: register now, or when the target modules load, or never."""
     global _hook
-    if _registered:
-        return
-    module = sys.modules.get(_AUTO)
-    if module is not None:
-        try:
-            _register_into(module)
-        except Exception as e:
-            warnings.warn(f"torch-ternary could not register its diffusers quantizer: {e!r}", stacklevel=2)
+    if all(name in _done for name in _TARGETS):
         return
     try:
         present = importlib.util.find_spec("diffusers") is not None
     except (ImportError, ValueError):
         present = False
-    if present and _hook is None:
+    if not present:
+        return
+    for name in _TARGETS:
+        module = sys.modules.get(name)
+        if module is not None:
+            _register_safely(name, module)
+    if _hook is None and not all(name in _done for name in _TARGETS):
         _hook = _DiffusersHook()
         sys.meta_path.insert(0, _hook)
 

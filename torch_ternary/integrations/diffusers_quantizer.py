@@ -11,14 +11,35 @@
     model.save_pretrained("flux-ternary")                     # ternary safetensors + config.json
     model = FluxTransformer2DModel.from_pretrained("flux-ternary", torch_dtype=torch.bfloat16)  # no config
 
+    # or: ternarize a loaded model with quantize_, then diffusers' own save_pretrained writes the same format
+    torch_ternary.quantize_(dense_model, torch_ternary.TernaryConfig())
+    dense_model.save_pretrained("flux-ternary")             # (a pipeline's save_pretrained too)
+
+    # a whole pipeline: either form of PipelineQuantizationConfig
+    pipe = FluxPipeline.from_pretrained(path, quantization_config=PipelineQuantizationConfig(
+        quant_mapping={"transformer": torch_ternary.TernaryConfig()}))
+    pipe = FluxPipeline.from_pretrained(path, quantization_config=PipelineQuantizationConfig(
+        quant_backend="torch_ternary", quant_kwargs={"codec": "base3"}, components_to_quantize=["transformer"]))
+
+Needs diffusers >= 0.39.0 (:data:`~.registration.MIN_DIFFUSERS`; the hook -> version table is in
+:mod:`.registration` and docs/diffusers.md).
+
+``quantize_`` then ``save_pretrained``: diffusers saves through ``model.hf_quantizer`` only, which
+``from_pretrained`` sets. :func:`attach_quantizer`, a post-quantize hook the registration adds to
+:func:`torch_ternary.quantization.quantize.register_post_quantize_hook`, gives a diffusers model
+ternarized by ``quantize_`` what ``from_pretrained(..., quantization_config=...)`` would have given it:
+an ``hf_quantizer``, ``is_quantized``, and ``quantization_config`` in its config (so ``config.json``
+says ``"quant_method": "torch_ternary"`` and ``from_pretrained(folder)`` reloads it ternary, with no config).
+
 Two config classes, and why: ``TernaryConfig`` (what ``quantize_`` takes) is a frozen, diffusers-free
 dataclass whose ``to_dict`` is stored verbatim in every file header, so it cannot carry diffusers'
 ``QuantizationConfigMixin`` API (``quant_method`` in ``to_dict``, ``from_dict`` accepting it) nor the
 file-level choices a diffusers folder needs (``codec`` of ``save_pretrained``; the ``torch_dtype`` to
 reload with). :class:`TernaryQuantizationConfig` is that thin diffusers-side wrapper: it holds a
 ``TernaryConfig`` plus ``codec`` and ``torch_dtype``, and is what ``config.json`` stores. Passing a
-plain ``TernaryConfig`` to ``from_pretrained`` works too (it is wrapped with ``codec="base3"``);
-``PipelineQuantizationConfig`` needs a :class:`TernaryQuantizationConfig`.
+plain ``TernaryConfig`` to ``from_pretrained`` works too (it is wrapped with ``codec="base3"``), and so
+does it in ``PipelineQuantizationConfig(quant_mapping=...)``; ``quant_backend="torch_ternary"`` builds a
+:class:`TernaryQuantizationConfig` from ``quant_kwargs``.
 
 Memory: diffusers hands the quantizer each shard as a dict of memory-mapped tensors; touching them all
 would make the whole shard (10 GB for FLUX.1-dev) resident. :meth:`maybe_update_state_dict` replaces it
@@ -29,8 +50,9 @@ so a dense weight lives only until it is ternarized and peak memory is the terna
 from __future__ import annotations
 
 import copy
-import enum
 import json
+import sys
+import warnings
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -48,9 +70,10 @@ from ..format.header import (
     CODECS,
     CODES_SUFFIX,
     FORMAT_VERSION,
-    HEADER_KEY,
     SCALE_SUFFIX,
     check_crc,
+    check_header_crc,
+    file_metadata,
     parse_header,
 )
 from ..format.memory import release_freed_memory
@@ -59,15 +82,7 @@ from ..quantization.absmean import check_weight
 from ..quantization.config import TernaryConfig
 from ..quantization.quantize import select_linears
 from ..tensor import TernaryTensor
-
-
-class TernaryQuantizationMethod(str, enum.Enum):
-    """diffusers keys quantizers by a ``str`` enum with a ``.value``; this is torch-ternary's."""
-
-    TORCH_TERNARY = "torch_ternary"
-
-
-QUANT_METHOD = TernaryQuantizationMethod.TORCH_TERNARY
+from .quant_method import QUANT_METHOD, AcceptsTernaryConfig, TernaryQuantizationMethod  # noqa: F401
 
 # ``DiffusersAutoQuantizer.from_config`` reads ``quantization_config.quant_method`` to pick the
 # quantizer, so a plain TernaryConfig passed to ``from_pretrained`` needs one too (a class attribute:
@@ -75,8 +90,12 @@ QUANT_METHOD = TernaryQuantizationMethod.TORCH_TERNARY
 TernaryConfig.quant_method = QUANT_METHOD
 
 
-class TernaryQuantizationConfig(QuantizationConfigMixin):
+class TernaryQuantizationConfig(QuantizationConfigMixin, metaclass=AcceptsTernaryConfig):
     """diffusers-side config: a :class:`TernaryConfig` plus the file choices of ``save_pretrained``.
+
+    A plain ``TernaryConfig`` counts as an instance (``isinstance(TernaryConfig(), TernaryQuantizationConfig)``
+    is True): that is what ``PipelineQuantizationConfig(quant_mapping=...)`` checks (see
+    :class:`~.quant_method.AcceptsTernaryConfig`); use :func:`as_quantization_config` to get a real one.
 
     Args:
         config: the :class:`TernaryConfig` (what to ternarize and how); or give its fields as keywords.
@@ -129,17 +148,22 @@ class TernaryQuantizationConfig(QuantizationConfigMixin):
         yield from self.to_dict().items()
 
     def __eq__(self, other):
-        return isinstance(other, TernaryQuantizationConfig) and self.to_dict() == other.to_dict()
+        return _is_quantization_config(other) and self.to_dict() == other.to_dict()
 
     __hash__ = None
 
 
+def _is_quantization_config(obj) -> bool:
+    """A real :class:`TernaryQuantizationConfig` (the metaclass makes ``isinstance`` accept a ``TernaryConfig`` too)."""
+    return type.__instancecheck__(TernaryQuantizationConfig, obj)
+
+
 def as_quantization_config(config) -> TernaryQuantizationConfig:
     """A (fresh) :class:`TernaryQuantizationConfig` from one, from a ``TernaryConfig``, or from a dict."""
-    if isinstance(config, TernaryQuantizationConfig):
-        return copy.deepcopy(config)
     if isinstance(config, TernaryConfig):
         return TernaryQuantizationConfig(config)
+    if _is_quantization_config(config):
+        return copy.deepcopy(config)
     if isinstance(config, dict):
         return TernaryQuantizationConfig(**config)
     raise TernaryConfigError(f"expected a TernaryConfig or TernaryQuantizationConfig, got {type(config).__name__}")
@@ -247,6 +271,7 @@ class TernaryDiffusersQuantizer(DiffusersQuantizer):
             return loaded_keys
         if metadata is None:
             raise TernaryFormatError(f"{self._where}: a torch-ternary model must be stored as safetensors")
+        check_header_crc(metadata, files[0])
         header = parse_header(metadata, files[0])
         if header["codec"] != self.quantization_config.codec:
             # config.json and the weights disagree: the weights' own header wins
@@ -404,7 +429,7 @@ class TernaryDiffusersQuantizer(DiffusersQuantizer):
             raise TernaryFormatError("torch-ternary models are saved as safetensors only: use safe_serialization=True")
         tensors, header = flatten_state_dict(state_dict, self.quantization_config.codec,
                                              config=self.quantization_config.ternary, class_name=self._class_name)
-        return tensors, {HEADER_KEY: json.dumps(header, sort_keys=True)}
+        return tensors, file_metadata(header, header.pop("crc32"))  # the header and its own CRC32, as every writer
 
     @property
     def is_serializable(self) -> bool:
@@ -431,4 +456,62 @@ class TernaryDiffusersQuantizer(DiffusersQuantizer):
                 module.weight = nn.Parameter(module.weight.dequantize(), requires_grad=True)
         if hasattr(model, "_torch_ternary_config"):
             del model._torch_ternary_config
+        # the model is dense again: config.json must not say torch_ternary any more, or the saved folder
+        # would not reload (diffusers removes hf_quantizer and resets is_quantized itself). The config is
+        # a FrozenDict rebuilt the way register_to_config does.
+        config = getattr(model, "_internal_dict", None)
+        if config is not None and "quantization_config" in config:
+            from diffusers.configuration_utils import FrozenDict
+
+            model._internal_dict = FrozenDict({k: v for k, v in config.items() if k != "quantization_config"})
+        if hasattr(model, "quantization_method"):
+            del model.quantization_method
         return model
+
+
+# ---------------------------------------------------------------------- quantize_ -> save_pretrained
+def _dtype_name(dtype) -> str | None:
+    name = str(dtype).removeprefix("torch.")
+    return name if name in _DTYPES else None
+
+
+def attach_quantizer(model: nn.Module, config: TernaryConfig | None, codec: str | None = None, **info) -> None:
+    """Post-quantize hook: make a ternarized diffusers model save and reload like a quantized-on-load one.
+
+    Registered by :func:`~.registration.register_into_diffusers`; called by ``quantize_`` (and by code
+    that loads ternary weights into a model). For a diffusers ``ModelMixin`` holding at least one
+    :class:`TernaryTensor` parameter it sets ``model.hf_quantizer`` (a :class:`TernaryDiffusersQuantizer`
+    whose config is ``config``), ``is_quantized``, ``quantization_method`` and the ``quantization_config``
+    item of the model's config, replacing a ternary quantizer the model already had (so its config is
+    never stale). Any other module is left alone, and so is a model quantized by another method.
+
+    Args:
+        model: the module just ternarized (or a ``torch.compile`` wrapper of it).
+        config: the ``TernaryConfig`` it was ternarized with (None: the model's recorded one, else the default).
+        codec: how ``save_pretrained`` stores codes; default: that of the model's ternary quantizer, else ``"base3"``.
+    """
+    modeling_utils = sys.modules.get("diffusers.models.modeling_utils")
+    if modeling_utils is None:  # not imported: the model cannot be a diffusers model
+        return
+    target = getattr(model, "_orig_mod", model)
+    if not isinstance(target, modeling_utils.ModelMixin) or not any(isinstance(p, TernaryTensor) for p in target.parameters()):
+        return
+    existing = getattr(target, "hf_quantizer", None)
+    if existing is not None and not isinstance(existing, TernaryDiffusersQuantizer):
+        warnings.warn(f"{type(target).__name__} is already quantized with "
+                      f"{getattr(existing.quantization_config, 'quant_method', '?')}: save_pretrained goes through "
+                      "that quantizer, not torch-ternary's", stacklevel=3)
+        return
+    if config is None:
+        config = getattr(target, "_torch_ternary_config", None) or TernaryConfig()
+    if codec is None:
+        codec = existing.quantization_config.codec if existing is not None else "base3"
+    quantizer = TernaryDiffusersQuantizer(
+        TernaryQuantizationConfig(config, codec=codec, torch_dtype=_dtype_name(target.dtype)),
+        pre_quantized=existing.pre_quantized if existing is not None else False,
+    )
+    quantizer._class_name = type(target).__name__
+    target.hf_quantizer = quantizer
+    target.is_quantized = True
+    target.quantization_method = QUANT_METHOD
+    target.register_to_config(quantization_config=quantizer.quantization_config)

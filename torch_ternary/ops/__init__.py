@@ -10,7 +10,7 @@ Importing this package registers every op (``torch.ops.torch_ternary.*``). The C
 
 from __future__ import annotations
 
-from . import ternary_linear, ternary_linear_a8
+from . import ternary_linear, ternary_linear_a8  # noqa: F401  (registers every op; the modules, as attributes)
 from .ternary_linear import dequantize, linear, linear_grad_input, linear_grad_scale, unpack
 from .ternary_linear_a8 import linear_a8
 

@@ -5,7 +5,7 @@ Layering (as in flash-attention's python side): these ops → :class:`~torch_ter
 
 * a reference kernel in plain torch, registered for CPU and CUDA, that never holds more than
   :data:`CHUNK_ELEMENTS` unpacked weights at once (it walks the output features in row blocks);
-  the CuPy kernels of ``torch_ternary.cuda`` replace the CUDA registration when available;
+  the CuPy kernels of ``torch_ternary.kernels`` replace the CUDA registration when available;
 * a fake kernel, so ``torch.compile`` and meta tensors see shapes and dtypes without running it;
 * an autograd formula where a float input can require grad (``x``, ``scale``, ``bias``).
 

@@ -107,11 +107,6 @@ def quantize_activations(x2: Tensor, fmt: str) -> tuple[Tensor, Tensor]:
     return q, s
 
 
-def dequantize_activations(q: Tensor, s: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``s[:, None] * q`` in ``dtype`` (for error analysis; the op never forms it)."""
-    return (q.float() * s[:, None]).to(dtype)
-
-
 # --------------------------------------------------------------------------------- checks
 def check_a8_args(x: Tensor, packed: Tensor, scale: Tensor, bias: Optional[Tensor], in_features: int,
                   group_size: int, fmt: str) -> None:

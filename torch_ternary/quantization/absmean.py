@@ -146,26 +146,6 @@ def ternary_codes(weight: torch.Tensor, scale: torch.Tensor, group_size: int) ->
     return torch.round(weight.detach().float() / s).clamp_(-1, 1).to(torch.int8)
 
 
-def ternarize(
-    weight: torch.Tensor, granularity: str = "per_channel", group_size: int = 128
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Absmean ternarization of one weight.
-
-    Args:
-        weight: floating ``[N, K]``, finite.
-        granularity: ``per_tensor``, ``per_channel`` or ``per_group``.
-        group_size: ``G`` for ``per_group`` (multiple of 16; clipped to ``K``).
-
-    Returns:
-        ``(codes, scale, G)``: int8 ``[N, K]`` in {-1, 0, 1}; float32 ``[S_n, S_k]``; the group
-        size actually used along K.
-    """
-    check_weight(weight)
-    g = resolve_group_size(granularity, group_size, weight.shape[1])
-    scale = absmean_scale(weight, granularity, g)
-    return ternary_codes(weight, scale, g), scale, g
-
-
 def dequantize_codes(
     codes: torch.Tensor, scale: torch.Tensor, group_size: int, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

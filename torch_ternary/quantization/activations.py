@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from ..errors import TernaryConfigError
-from ..ops.ternary_linear_a8 import ACTIVATION_MODES, check_activation_mode, per_group_refusal
+from ..ops.ternary_linear_a8 import check_activation_mode, per_group_refusal
 from ..tensor import TernaryTensor
 
 
@@ -19,7 +19,7 @@ def set_activations(model: torch.nn.Module, activations: str) -> int:
 
     Args:
         model: a module holding :class:`~torch_ternary.TernaryTensor` parameters.
-        activations: one of :data:`ACTIVATION_MODES`.
+        activations: one of :data:`~torch_ternary.ops.ternary_linear_a8.ACTIVATION_MODES`.
 
     Returns:
         The number of ternary weights switched.
