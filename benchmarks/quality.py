@@ -5,9 +5,11 @@
 
 Every model generates the same images (the project's 72 evaluation prompts, never used in training or
 calibration, x 4 seeds) with the same sampler, and the exact evaluator judges each one. Writes
-``benchmarks/results/quality_mini.json`` and ``benchmarks/results/quality_grid.png`` (FP beside the best
-ternary model, same prompts and seeds). A ternary file's ``<file>.json`` (written by
-``torch-ternary calibrate``) supplies its calibration method and time.
+``benchmarks/results/<out>.json`` (the scores), ``<out>_grid.png`` (FP beside the best ternary model, two
+prompts of each category, same seeds) and ``<out>_grid.txt`` (which model is on the right, and the grid's
+prompts); ``--out`` defaults to ``quality_mini``: ``benchmarks/results/quality_mini.json``,
+``benchmarks/results/quality_mini_grid.png``, ``benchmarks/results/quality_mini_grid.txt``. A ternary
+file's ``<file>.json`` (written by ``torch-ternary calibrate``) supplies its calibration method and time.
 """
 
 from __future__ import annotations

@@ -125,13 +125,59 @@ def test_info_on_plain_and_ternary_files(plain_file, tmp_path, capsys):
     assert "transformer_blocks.0.attn.to_q.weight: 32x32 bfloat16" in text
 
 
-def test_demo_subcommand_calls_the_demo(monkeypatch):
+def _demo_options(parser) -> dict:
+    return {a.option_strings[0]: (a.default, a.nargs, type(a).__name__) for a in parser._actions if a.option_strings
+            and a.dest != "help"}
+
+
+def test_demo_subcommand_has_the_demo_options():
+    """``torch-ternary demo`` and ``python -m torch_ternary.demo`` take the same options, same defaults."""
+    from torch_ternary import demo
+    from torch_ternary.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["demo"]
+    assert _demo_options(sub) == _demo_options(demo.build_parser())
+    assert set(_demo_options(sub)) == {"--out", "--flux", "--no-compile"}
+
+
+def test_demo_subcommand_passes_its_flags(monkeypatch, tmp_path):
     from torch_ternary import demo
 
     calls = []
     monkeypatch.setattr(demo, "main", lambda argv=None: calls.append(argv))
-    assert cli("demo", "--no-compile") == 0 and calls == [["--no-compile"]]
-    assert cli("demo") == 0 and calls[-1] == []
+    assert cli("demo") == 0 and calls[-1] == ["--out", "demo_mini_flux.png"]
+    out = tmp_path / "side.png"
+    assert cli("demo", "--out", out, "--flux", "--no-compile") == 0
+    assert calls[-1] == ["--out", str(out), "--flux", "--no-compile"]
+    assert cli("demo", "--flux") == 0 and calls[-1] == ["--out", "demo_mini_flux.png", "--flux"]
+
+
+def test_demo_flags_reach_the_flux_check(monkeypatch, tmp_path):
+    """``--flux`` runs ``demo_flux`` after the Mini FLUX demo, ``--no-compile`` reaches it; the PNG goes to ``--out``."""
+    from torch_ternary import demo, demo_flux
+
+    runs, flux = [], []
+    monkeypatch.setattr(demo, "run_mini_flux", lambda out: runs.append(out))
+    monkeypatch.setattr(demo_flux, "main", lambda argv=None: flux.append(argv))
+    out = tmp_path / "x.png"
+    assert cli("demo", "--out", out, "--flux", "--no-compile") == 0
+    assert runs == [str(out)] and flux == [["--no-compile"]]
+    assert cli("demo", "--flux") == 0 and flux[-1] == [] and runs[-1] == "demo_mini_flux.png"
+    assert cli("demo") == 0 and len(flux) == 2 and len(runs) == 3
+
+
+def test_demo_bad_flags_are_user_errors(monkeypatch, tmp_path, capsys):
+    from torch_ternary import demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_mini_flux", lambda out: calls.append(out))
+    one_line_error(capsys, cli("demo", "--no-compile"), "--no-compile only applies with --flux")
+    one_line_error(capsys, cli("demo", "--out", tmp_path / "x.jpg"), "PNG")
+    one_line_error(capsys, cli("demo", "--out", tmp_path / "missing" / "x.png"), "no such folder")
+    with pytest.raises(SystemExit) as e:  # python -m torch_ternary.demo: argparse's usage error, status 2
+        demo.main(["--no-compile"])
+    assert e.value.code == 2 and "--no-compile only applies with --flux" in capsys.readouterr().err
+    assert calls == []  # nothing ran
 
 
 # ---------------------------------------------------------------------- user errors: one line, exit 2

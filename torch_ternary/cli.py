@@ -5,7 +5,7 @@
     torch-ternary quantize SRC DST [--format base3|2bit] [--granularity per_channel] [--dtype bfloat16] ...
     torch-ternary info PATH [--layers] [--json]
     torch-ternary generate PIPELINE_DIR --prompt "a red cube" [-o image.png] [--steps 4] [--seed 0] ...
-    torch-ternary demo [--no-compile]
+    torch-ternary demo [--out demo_mini_flux.png] [--flux [--no-compile]]
     torch-ternary calibrate --pipeline mini --method distill_qat --prompts mini --out mini_ternary.safetensors
 
 SRC may be a diffusers model folder (``config.json`` + safetensors, sharded or not: quantized while it
@@ -331,7 +331,10 @@ def _recorded_dtype(folder: Path) -> str | None:
 def cmd_demo(args) -> int:
     from . import demo
 
-    demo.main(["--no-compile"] if args.no_compile else [])
+    problem = demo.check_args(args)
+    if problem:
+        raise UserError(problem)
+    demo.main(["--out", args.out] + ["--flux"] * args.flux + ["--no-compile"] * args.no_compile)
     return 0
 
 
@@ -383,8 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     g.set_defaults(func=cmd_generate)
 
-    d = sub.add_parser("demo", help="the README demo (python -m torch_ternary.demo)")
-    d.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
+    d = sub.add_parser("demo", help="the README demo: Mini FLUX full precision vs ternary (python -m torch_ternary.demo)")
+    d.add_argument("--out", default="demo_mini_flux.png", help="side-by-side PNG (default demo_mini_flux.png)")
+    d.add_argument("--flux", action="store_true", help="then run the random-weight FLUX-architecture check")
+    d.add_argument("--no-compile", action="store_true", help="with --flux: skip that check's torch.compile run")
     d.set_defaults(func=cmd_demo)
 
     from .calibration.cli import add_parser as add_calibrate

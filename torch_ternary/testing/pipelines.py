@@ -4,8 +4,8 @@ Nothing here downloads anything: the CLIP and T5 text encoders, the VAE and the 
 from config dicts with seeded random weights, and both tokenizers are ``PreTrainedTokenizerFast``
 objects made from a ``tokenizers`` ``WordLevel`` model over a fixed vocabulary. The result behaves like
 a real FLUX pipeline (same classes, same call signature, ``save_pretrained`` / ``from_pretrained``
-round trip), only small. Used by the tests, the docs examples and ``torch-ternary generate``;
-reusable for any transformer / encoder configs (e.g. a trained mini pipeline)::
+round trip), only small. Used by the tests (``tests/test_cli.py``, ``tests/integrations/test_pipeline.py``) and
+the docs examples (``tests/test_docs_examples.py``); reusable for any transformer / encoder configs::
 
     from torch_ternary.testing.pipelines import build_flux_pipeline
     pipe = build_flux_pipeline()                      # tiny, random weights
