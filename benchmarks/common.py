@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -12,12 +13,36 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor / machine string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a note on stderr) when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: JSON only (plot later with --plot)", file=sys.stderr)
+        return None
+    return plt
+
+
 def environment() -> dict:
     """Device name, torch / CUDA versions, host and date, for every results file."""
     cuda = torch.cuda.is_available()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(),

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, environment, write_results  # noqa: E402
+from common import RESULTS, environment, pyplot, write_results  # noqa: E402
 
 VARIANTS = ("bf16", "ternary_16bit", "ternary_int8", "ternary_fp8", "peer_fp8")
 MODES = ("eager", "compiled")
@@ -400,13 +400,8 @@ def markdown_table(payload: dict) -> str:
 
 def plot(payload: dict, path: Path) -> Path | None:
     """Latency and peak memory per variant (eager / compiled); None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: JSON only (plot later with --plot)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return None
     rows = [r for r in payload["results"] if "error" not in r and "median_ms" in r]
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, environment, write_results  # noqa: E402
+from common import RESULTS, environment, pyplot, write_results  # noqa: E402
 
 #: (K, N) of the FLUX.1-dev transformer's linears: attention / MLP in / MLP out / single-block
 #: fused out / AdaLN (single blocks, 27 % of the parameters at M = 1) / AdaLN (single: 3x).
@@ -255,13 +255,8 @@ def run(args) -> dict:
 
 def plot(payload: dict, path: Path) -> Path | None:
     """Time per call and speed-up vs cuBLAS, one panel per shape; None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: JSON only (plot later with --plot)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return None
     rows = payload["results"]
     shapes = sorted({(r["K"], r["N"]) for r in rows})

@@ -31,7 +31,7 @@ from .tensor import TernaryTensor
 
 
 def _install() -> None:
-    """What ``import torch_ternary`` sets up, none of it importing diffusers or CuPy or touching a GPU."""
+    """What ``import torch_ternary`` sets up, none of it importing diffusers or CuPy, compiling, or touching a GPU."""
     import importlib.util
 
     import torch
@@ -40,10 +40,31 @@ def _install() -> None:
 
     _legacy.install()  # 0.1.0 import paths
     integrations.install()  # the diffusers quantizer, registered when diffusers' quantizers load
+    from .ops import backends
+
+    for name in backends.CPU_KERNEL_OPS:  # compiled CPU kernels: imported, built (and cached) at the first CPU call
+        backends.set_impl(name, "cpu", _first_cpu_call(name))
     if torch.version.cuda is not None and importlib.util.find_spec("cupy") is not None:
         from . import kernels  # CUDA kernels as the ops' CUDA implementation; CuPy loads at the first CUDA call
 
         kernels.register()
+
+
+def _first_cpu_call(name: str):
+    """The CPU implementation of op ``name`` until its first call: then :mod:`torch_ternary.kernels.cpu` installs
+    itself (or, with ``$TORCH_TERNARY_CPU_KERNELS=off``, the reference stays) and the call goes there."""
+
+    def first_call(*args):
+        from .kernels import cpu as cpu_kernels
+        from .ops import backends
+
+        if not cpu_kernels.install():
+            for op in backends.CPU_KERNEL_OPS:
+                backends.set_impl(op, "cpu", None)
+        return backends.get_impl(name, "cpu")(*args)
+
+    first_call.__name__ = first_call.__qualname__ = f"{name}_first_cpu_call"
+    return first_call
 
 
 _install()

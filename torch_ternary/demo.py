@@ -21,6 +21,7 @@ import numpy as np
 
 from . import TernaryConfig, quantize_
 from .demo_flux import flux_dev_size_report
+from .quantization.activations import set_activations
 from .quantization.report import model_nbytes
 
 #: One prompt per category, all from the held-out evaluation set (never seen in training).
@@ -140,15 +141,24 @@ def run_mini_flux(out: str | Path) -> None:
           f"({report.ratio:.1f}x smaller; {len(report.layers_converted)} linears, "
           f"{100 * report.fraction_quantized:.1f} % of parameters ternary)")
 
-    columns = []
-    print(f"{len(DEMO_PROMPTS)} held-out prompts x {len(DEMO_SEEDS)} seeds, 20 Euler steps, CFG:")
-    for name, pipe in models.items():
+    columns, seconds = [], {}
+
+    def run(name, pipe):
         t1 = time.perf_counter()
         images = generate(pipe, list(DEMO_PROMPTS), list(DEMO_SEEDS))
-        seconds = time.perf_counter() - t1
+        seconds[name] = time.perf_counter() - t1
         ok = [evaluate(img, DEMO_PROMPTS[i // len(DEMO_SEEDS)]) for i, img in enumerate(images)]
-        columns.append(images)
-        print(f"  {name:24s} {sum(ok):2d}/{len(ok)} correct  ({seconds:.1f} s)")
+        print(f"  {name:24s} {sum(ok):2d}/{len(ok)} correct  ({seconds[name]:.1f} s)")
+        return images
+
+    print(f"{len(DEMO_PROMPTS)} held-out prompts x {len(DEMO_SEEDS)} seeds, 20 Euler steps, CFG:")
+    for name, pipe in models.items():
+        columns.append(run(name, pipe))
+    if "ternary calibrated" in models:  # the same model with 8-bit activations (timed and scored, not drawn)
+        set_activations(models["ternary calibrated"].transformer, "int8")
+        run("ternary calibrated int8", models["ternary calibrated"])
+    fp_s = seconds.pop("full precision")
+    print("speed vs full precision, this run: " + ", ".join(f"{name.strip()} {fp_s / s:.2f}x" for name, s in seconds.items()))
     labelled_png(columns, list(models), list(DEMO_PROMPTS), len(DEMO_SEEDS)).save(out)
     print(f"wrote {out} (columns: {', '.join(models)}; rows: {'; '.join(DEMO_PROMPTS)})")
     print("full scores on all 72 evaluation prompts x 4 seeds: docs/mini.md, docs/calibration.md")

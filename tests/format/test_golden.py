@@ -26,6 +26,22 @@ sys.path.pop(0)
 DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16)}
 
 
+@pytest.fixture
+def reference_ops(monkeypatch):
+    """The outputs stored in 0.1.0 came from the plain-torch ops: compare bit for bit with those (the compiled
+    CPU kernels round differently; :func:`check_kernel_output` compares them within tolerance)."""
+    monkeypatch.setenv("TORCH_TERNARY_CPU_ISA", "reference")
+
+
+def check_kernel_output(monkeypatch, forward, stored: torch.Tensor) -> None:
+    """With the compiled CPU kernels (when built) the output matches the stored one within the dtype's rounding."""
+    monkeypatch.delenv("TORCH_TERNARY_CPU_ISA")
+    with torch.no_grad():
+        out = forward()
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[stored.dtype]
+    assert float((out.double() - stored.double()).norm() / stored.double().norm()) <= tol
+
+
 @pytest.fixture(scope="module")
 def plain():
     return load_file(str(GOLDEN / "expected.safetensors"))
@@ -52,7 +68,7 @@ def check_entries(model, prefix: str, entries: dict, plain: dict) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED["cases"]))
-def test_single_file_loads_bit_identically(case, plain):
+def test_single_file_loads_bit_identically(case, plain, reference_ops, monkeypatch):
     spec = EXPECTED["cases"][case]
     dtype = DTYPES[spec["dtype"]]
     with torch.device("meta"):
@@ -62,6 +78,7 @@ def test_single_file_loads_bit_identically(case, plain):
     x = torch.randn(3, 20, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         assert torch.equal(model(x), plain[f"{case}/__output__"])
+    check_kernel_output(monkeypatch, lambda: model(x), plain[f"{case}/__output__"])
 
 
 def test_sharded_folder_loads_bit_identically(plain):
@@ -77,7 +94,7 @@ def test_sharded_folder_loads_bit_identically(plain):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers (the diffusers extra)")
-def test_diffusers_folder_loads_bit_identically(plain):
+def test_diffusers_folder_loads_bit_identically(plain, reference_ops, monkeypatch):
     from diffusers import FluxTransformer2DModel
 
     from torch_ternary.testing.flux import FLUX_TINY_CONFIG, example_inputs
@@ -85,9 +102,11 @@ def test_diffusers_folder_loads_bit_identically(plain):
     spec = EXPECTED["diffusers"]
     model = FluxTransformer2DModel.from_pretrained(GOLDEN / spec["folder"])
     check_entries(model, spec["folder"], spec["entries"], plain)
+    inputs = example_inputs(FLUX_TINY_CONFIG, dtype=torch.bfloat16)
     with torch.no_grad():
-        out = model(**example_inputs(FLUX_TINY_CONFIG, dtype=torch.bfloat16))[0]
+        out = model(**inputs)[0]
     assert torch.equal(out, plain[f"{spec['folder']}/__output__"])
+    check_kernel_output(monkeypatch, lambda: model(**inputs)[0], plain[f"{spec['folder']}/__output__"])
 
 
 def sha(t: torch.Tensor) -> str:

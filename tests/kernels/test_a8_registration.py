@@ -12,6 +12,7 @@ import torch_ternary.kernels as K
 from torch_ternary.errors import UnsupportedDeviceError, UnsupportedOperationError
 from torch_ternary.format import packing
 from torch_ternary.kernels import a8, dispatch
+from torch_ternary.ops import backends
 from torch_ternary.ops import ternary_linear as ops
 from torch_ternary.ops import ternary_linear_a8 as ops_a8
 
@@ -26,7 +27,7 @@ def _weight(n=24, k=40):
 @pytest.fixture
 def fake_cuda_build(monkeypatch):
     """Pretend torch has CUDA and CuPy is installed; restore the op registrations afterwards."""
-    saved = {name: dict(op._backend_fns) for name, op in _OPDEFS.items()}
+    saved = {name: backends.get_impl(name, "cuda") for name in _OPDEFS}
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(K, "_cupy_installed", lambda: True)
     monkeypatch.setattr(K, "_registered", False)
@@ -36,22 +37,20 @@ def fake_cuda_build(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_FORCE, raising=False)
     dispatch.STATS.clear()
     yield
-    for name, fns in saved.items():
-        _OPDEFS[name]._backend_fns.clear()
-        _OPDEFS[name]._backend_fns.update(fns)
+    for name, fn in saved.items():
+        backends.set_impl(name, "cuda", None if fn is backends.reference(name) else fn)
 
 
 def test_register_is_a_noop_without_cuda_or_cupy():
     if torch.version.cuda is not None and importlib.util.find_spec("cupy") is not None:
         pytest.skip("this torch has CUDA and CuPy is installed: registration is expected")
-    before = ops_a8.linear_a8._backend_fns.get("cuda")  # the reference, from device_types=("cpu", "cuda")
     assert K.register() is False
-    assert ops_a8.linear_a8._backend_fns.get("cuda") is before
+    assert backends.get_impl("linear_a8", "cuda") is backends.reference("linear_a8")
 
 
 def test_register_installs_linear_a8(fake_cuda_build):
     assert K.register() is True
-    assert ops_a8.linear_a8._backend_fns["cuda"] is not None
+    assert backends.get_impl("linear_a8", "cuda") is K._linear_a8_cuda
     assert K._reference["linear_a8"] is ops_a8.linear_a8._init_fn
 
 
@@ -111,9 +110,12 @@ def test_a8_entries_raise_typed_errors_on_cpu():
             call()
 
 
-def test_cpu_calls_keep_the_reference_after_register(fake_cuda_build):
+def test_cpu_calls_never_reach_the_cuda_kernels(fake_cuda_build, monkeypatch):
     """torch's custom_op routes CPU calls to the last-registered device's function (a late-binding
-    closure); register() wraps its kernels so that CPU tensors still get the reference."""
+    closure); the routing table of torch_ternary.ops.backends sends CPU tensors to the CPU implementation
+    (here the reference: the compiled CPU kernels are switched off for this test)."""
+    for name in _OPDEFS:
+        monkeypatch.setitem(backends._impls, (name, "cpu"), backends.reference(name))
     K.register()
     packed, scale = _weight()
     x = torch.randn(20, 40, dtype=torch.bfloat16)

@@ -16,6 +16,7 @@ import torch_ternary.kernels as K
 from torch_ternary.errors import UnsupportedDeviceError
 from torch_ternary.format import packing
 from torch_ternary.kernels import dispatch, loader
+from torch_ternary.ops import backends
 from torch_ternary.ops import ternary_linear as ops
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ def test_import_and_register_are_noops_without_cuda():
 @pytest.fixture
 def fake_cuda_build(monkeypatch):
     """Pretend torch has CUDA and CuPy is installed; restore the op registrations afterwards."""
-    saved = {name: dict(getattr(ops, name)._backend_fns) for name in ("linear", "unpack", "dequantize")}
+    saved = {name: backends.get_impl(name, "cuda") for name in ("linear", "unpack", "dequantize", "linear_a8")}
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     monkeypatch.setattr(K, "_cupy_installed", lambda: True)
     monkeypatch.setattr(K, "_registered", False)
@@ -48,19 +49,20 @@ def fake_cuda_build(monkeypatch):
     monkeypatch.setattr(K, "device_index", lambda t: 0)
     dispatch.STATS.clear()
     yield
-    for name, fns in saved.items():
-        getattr(ops, name)._backend_fns.clear()
-        getattr(ops, name)._backend_fns.update(fns)
+    for name, fn in saved.items():
+        backends.set_impl(name, "cuda", None if fn is backends.reference(name) else fn)
 
 
 def test_register_installs_cuda_kernels_once(fake_cuda_build):
-    before = ops.linear._backend_fns.get("cuda")
+    before = backends.get_impl("linear", "cuda")
+    assert before is backends.reference("linear")
     assert K.register() is True and K.registered()
-    after = ops.linear._backend_fns["cuda"]
-    assert after is not before
+    after = backends.get_impl("linear", "cuda")
+    assert after is K._linear_cuda
     assert K.register() is True  # idempotent
-    assert ops.linear._backend_fns["cuda"] is after
+    assert backends.get_impl("linear", "cuda") is after
     assert K._reference["linear"] is ops.linear._init_fn
+    assert backends.get_impl("linear", "cpu") is not K._linear_cuda  # CPU calls never reach the CUDA kernels
 
 
 def test_cuda_impl_falls_back_to_reference(fake_cuda_build, monkeypatch):

@@ -2,7 +2,7 @@
 
 :func:`register` installs them as the CUDA implementation of ``torch_ternary::linear``,
 ``torch_ternary::unpack``, ``torch_ternary::dequantize`` and ``torch_ternary::linear_a8``
-(``torch.library.register_kernel``),
+(through the per-device routing table of :mod:`torch_ternary.ops.backends`),
 so eager calls and ``torch.compile(fullgraph=True)`` graphs (where the ops are opaque calls) both
 reach them. It is a no-op when torch has no CUDA build or CuPy is not installed, and it never
 imports CuPy or initializes CUDA: everything is decided at the first call on a CUDA tensor.
@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..ops import backends
 from ..ops import ternary_linear as ops
 from ..ops import ternary_linear_a8 as ops_a8
 from . import dispatch
@@ -53,7 +54,6 @@ __all__ = [
     "unpack_cuda",
 ]
 
-_OPS = ("linear", "unpack", "dequantize")
 _reference: dict[str, Callable] = {}
 _registered = False
 _disabled: Optional[str] = None
@@ -96,33 +96,12 @@ def register() -> bool:
         return True
     if torch.version.cuda is None or not _cupy_installed():
         return False
-    impls = {"linear": _linear_cuda, "unpack": _unpack_cuda, "dequantize": _dequantize_cuda}
-    for name in _OPS:
-        opdef = getattr(ops, name)
-        _reference[name] = opdef._init_fn  # the plain-torch implementation, kept as the fallback
-        torch.library.register_kernel(f"torch_ternary::{name}", "cuda", _cuda_only(name, impls[name]))
-    _reference["linear_a8"] = ops_a8.linear_a8._init_fn
-    torch.library.register_kernel("torch_ternary::linear_a8", "cuda", _cuda_only("linear_a8", _linear_a8_cuda))
+    impls = {"linear": _linear_cuda, "unpack": _unpack_cuda, "dequantize": _dequantize_cuda, "linear_a8": _linear_a8_cuda}
+    for name, impl in impls.items():
+        _reference[name] = backends.reference(name)  # the plain-torch implementation, kept as the fallback
+        backends.set_impl(name, "cuda", impl)
     _registered = True
     return True
-
-
-def _cuda_only(name: str, impl: Callable) -> Callable:
-    """``impl`` for CUDA tensors, the reference otherwise.
-
-    Needed because ``torch.library.custom_op(..., device_types=("cpu", "cuda"))`` registers its CPU
-    dispatch entry with a closure over the loop variable ``device_type`` (torch 2.4 - 2.13 at least),
-    which reads ``_backend_fns["cuda"]`` once the loop is done: after ``register_kernel(op, "cuda", fn)``
-    CPU calls reach ``fn`` too. The first argument of every op (``x`` or ``packed``) says the device.
-    """
-
-    def kernel(*args):
-        if args[0].device.type != "cuda":
-            return _reference[name](*args)
-        return impl(*args)
-
-    kernel.__name__ = kernel.__qualname__ = f"{name}_cuda"
-    return kernel
 
 
 def _fallback(name: str, reason: str, *args):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..format import packing
+from . import backends as _backends
 from ..quantization.absmean import dequantize_codes, num_groups
 
 #: Most unpacked weights a reference kernel materializes at once (4 Mi: 8 MB in bf16).
@@ -300,3 +301,8 @@ def _linear_backward(ctx, grad):
 
 
 linear.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
+for _name, _opdef in (("unpack", unpack), ("dequantize", dequantize), ("linear", linear),
+                      ("linear_grad_input", linear_grad_input), ("linear_grad_scale", linear_grad_scale)):
+    _backends.route(_name, _opdef)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..errors import TernaryConfigError, UnsupportedOperationError
 from ..format import packing
+from . import backends as _backends
 from . import ternary_linear
 
 #: Values of ``TernaryConfig.activations`` / ``TernaryTensor.activations``.
@@ -181,3 +182,6 @@ linear_a8.register_autograd(_linear_a8_backward, setup_context=_linear_a8_setup)
 def uses_a8(activations: str, x: Tensor, in_features: int) -> bool:
     """Whether ``F.linear(x, w)`` with a weight of activation mode ``activations`` runs ``linear_a8``."""
     return activations != "16bit" and x.numel() >= A8_MIN_ROWS * max(in_features, 1)
+
+
+_backends.route("linear_a8", linear_a8)

@@ -1,0 +1,335 @@
+"""Compiled CPU kernels for the ``torch_ternary`` ops: ternary linears straight from the 2-bit packed weights.
+
+The C++ source is ``ternary_cpu.cpp`` next to this file (its header documents the layout, the decode in
+registers, the blocking and the threads). :func:`install` (called by ``import torch_ternary``) makes these
+functions the CPU implementation of ``torch_ternary::linear``, ``linear_a8``, ``dequantize``, ``unpack``,
+``linear_grad_input`` and ``linear_grad_scale`` (:mod:`torch_ternary.ops.backends`), so eager calls and
+``torch.compile`` graphs reach them. ``import torch_ternary`` imports none of this: the first CPU call of an op
+imports this module and installs it. Nothing is compiled at import: the first CPU call builds the source
+with ``torch.utils.cpp_extension`` (ninja, the machine's C++ compiler; about 30 s) into a cache keyed by
+the source, the torch version and the flags (:func:`cache_dir`), and later processes load it in
+milliseconds.
+
+Paths (``linear``, by the activation rows ``M`` a call has, after limbs):
+
+* ``amx``: Intel AMX-INT8 tiles, per-channel / per-tensor scales, from :data:`AMX_MIN_ROWS` prepared rows;
+* ``avx512``: AVX-512 VNNI (``vpdpbusd``), every granularity, any M;
+* ``avx2``: ``vpmaddubsw`` / ``vpmaddwd``;
+* ``scalar``: portable C++;
+* ``reference``: the plain-torch kernels of :mod:`torch_ternary.ops` (also for ``fmt="fp8"``).
+
+``$TORCH_TERNARY_CPU_ISA`` forces one of ``amx``, ``avx512``, ``avx2``, ``scalar`` (an ISA this CPU lacks is
+an error) or ``reference``. ``$TORCH_TERNARY_CPU_KERNELS=require`` turns a failed build into an error (CI
+sets it); ``off`` never builds. Without a compiler the ops keep the reference, after one warning.
+:data:`STATS` counts the path of every call.
+
+Accuracy (16-bit activations): each token is split into int8 "limbs" (3 for float32, 2 for bf16 / fp16, one
+more for the whole call when a token's ``max|x| / rms(x)`` exceeds :data:`RANGE_LIMIT`), so the error is at
+most ``max|x| / (2 * 127 * 254^(L-1))`` an element before the exact integer product: relative output errors
+~1e-7 (float32) and below torch's own dense linear in bf16 / fp16.
+``linear_a8`` (int8) is bit-exact with its reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ...errors import UnsupportedDeviceError
+from ...ops import backends
+from ...ops import ternary_linear as ops
+from ...ops import ternary_linear_a8 as ops_a8
+from ..loader import KernelLoadError
+
+SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
+#: flags of the build (part of the cache key)
+CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off")
+LDFLAGS = ("-fopenmp",)
+ENV_ISA = "TORCH_TERNARY_CPU_ISA"
+ENV_MODE = "TORCH_TERNARY_CPU_KERNELS"
+ENV_CACHE = "TORCH_TERNARY_CACHE"
+ISAS = ("amx", "avx512", "avx2", "scalar")
+REFERENCE = "reference"
+#: the AMX path from this many prepared activation rows (tokens x limbs); fewer go to avx512
+AMX_MIN_ROWS = 16
+#: limbs a token, by activation dtype (16-bit mode)
+LIMBS = {torch.float32: 3, torch.bfloat16: 2, torch.float16: 2}
+#: a call gets one more limb a token when a token's max |x| / rms(x) exceeds this (16-bit mode): the limbs'
+#: error grows with that spread, and must stay below 1e-5 (float32) and below torch's own dense bf16 / fp16 linear
+RANGE_LIMIT = {torch.float32: 100.0, torch.bfloat16: 64.0, torch.float16: 8.0}
+#: most weights the backward's decoded tiles hold at once (as the reference's CHUNK_ELEMENTS)
+TILE_ELEMENTS = ops.CHUNK_ELEMENTS
+
+#: calls per path, e.g. ``STATS["linear:avx512"]``
+STATS: Counter = Counter()
+
+_lock = threading.Lock()
+_module = None
+_failure: str | None = None
+_installed = False
+
+
+def cache_dir() -> Path:
+    """Where builds are kept: ``$TORCH_TERNARY_CACHE/cpu_kernels``, else ``~/.cache/torch_ternary/cpu_kernels``."""
+    root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "torch_ternary")
+    return Path(root) / "cpu_kernels"
+
+
+def build_key() -> str:
+    """The cache key: a hash of the source text, the torch version and the flags."""
+    text = SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS + LDFLAGS).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _mode() -> str:
+    mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "require", "off"):
+        raise ValueError(f"${ENV_MODE} must be auto, require or off, got {mode!r}")
+    return mode
+
+
+def load():
+    """The compiled extension (built on first use, then cached), or None when it cannot be had.
+
+    Raises:
+        KernelLoadError: the build failed and ``$TORCH_TERNARY_CPU_KERNELS=require``.
+    """
+    global _module, _failure
+    if _module is not None:
+        return _module
+    mode = _mode()
+    if mode == "off":
+        return None
+    with _lock:
+        tried_now = False
+        if _module is None and _failure is None:
+            tried_now = True
+            try:
+                from torch.utils.cpp_extension import load as cpp_load
+
+                key = build_key()
+                folder = cache_dir() / key
+                folder.mkdir(parents=True, exist_ok=True)
+                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                                   extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=False)
+            except Exception as exc:  # no compiler, no ninja, a compile error: the reference keeps working
+                _failure = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+        if _module is None:
+            if mode == "require":
+                raise KernelLoadError(f"torch-ternary CPU kernels could not be built ({_failure}); "
+                                      f"${ENV_MODE}=require makes that an error")
+            if tried_now:  # one warning a process
+                warnings.warn(f"torch-ternary: CPU kernels unavailable, using the plain-torch reference ({_failure})",
+                              RuntimeWarning, stacklevel=3)
+            _failure = _failure or "unavailable"
+    return _module
+
+
+def failure() -> str | None:
+    """Why the build failed in this process (None if it did not, or was not tried)."""
+    return _failure
+
+
+_isas: dict[object, tuple[str, ...]] = {}
+
+
+def available_isas() -> tuple[str, ...]:
+    """The ISAs this CPU runs, best first (builds the extension); empty without it."""
+    mod = load()
+    if mod is None:
+        return ()
+    if mod not in _isas:  # (asked once per loaded build: every call dispatches on it)
+        _isas[mod] = tuple(mod.cpu_isas())
+    return _isas[mod]
+
+
+def forced_isa() -> str | None:
+    """``$TORCH_TERNARY_CPU_ISA``, checked (``reference`` included), or None."""
+    isa = os.environ.get(ENV_ISA, "").strip().lower()
+    if not isa:
+        return None
+    if isa not in ISAS + (REFERENCE,):
+        raise ValueError(f"${ENV_ISA} must be one of {ISAS + (REFERENCE,)}, got {isa!r}")
+    return isa
+
+
+def choose(rows: int, grouped: bool) -> str:
+    """The path of a call with ``rows`` prepared activation rows: an ISA of :data:`ISAS` or ``reference``."""
+    forced = forced_isa()
+    if forced == REFERENCE:
+        return REFERENCE
+    isas = available_isas()
+    if not isas:
+        return REFERENCE
+    if forced is not None:
+        if forced not in isas:
+            raise UnsupportedDeviceError(f"${ENV_ISA}={forced}, but this CPU runs only {isas}")
+        isa = forced
+    else:
+        isa = isas[0]
+    if isa == "amx" and (grouped or rows < AMX_MIN_ROWS):
+        isa = "avx512"
+    return isa
+
+
+def _words_in_one_group(scale: torch.Tensor, group_size: int) -> bool:
+    """Whether every 16-weight word of the packed rows lies in one scale group (what the kernels assume): true
+    for one group a row and for group sizes that are multiples of 16 (all that ``TernaryConfig`` makes)."""
+    return scale.shape[1] == 1 or group_size % 16 == 0
+
+
+def _rows2d(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` as ``[M, K]`` rows with a unit last stride (a copy only when the layout needs one)."""
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
+        x2 = x2.contiguous()
+    return x2
+
+
+def _c(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def linear_cpu(x, packed, scale, bias, in_features, group_size):
+    """CPU implementation of ``torch_ternary::linear`` (arguments as the op: ``x`` float ``[..., K]``, ``packed``
+    uint8 ``[N, Kp/4]``, ``scale`` float32 ``[S_n, S_k]``, ``bias`` ``x.dtype`` ``[N]`` or None)."""
+    ops._check_linear_args(x, packed, scale, bias, in_features, group_size)
+    x2 = _rows2d(x, in_features)
+    limbs = LIMBS[x.dtype]
+    path = choose(x2.shape[0] * limbs, scale.shape[1] > 1) if _words_in_one_group(scale, group_size) else REFERENCE
+    STATS["linear:" + path] += 1
+    if path == REFERENCE:
+        return backends.reference("linear")(x, packed, scale, bias, in_features, group_size)
+    y = _module.ternary_linear(x2, _c(packed), _c(scale), _c(bias), in_features, group_size, path, limbs, False,
+                               RANGE_LIMIT[x.dtype])
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
+
+
+def linear_a8_cpu(x, packed, scale, bias, in_features, group_size, fmt):
+    """CPU implementation of ``torch_ternary::linear_a8``: int8 bit-exact with the reference; fp8 is the reference."""
+    ops_a8.check_a8_args(x, packed, scale, bias, in_features, group_size, fmt)
+    path = choose(x.numel() // max(in_features, 1), False) if fmt == "int8" else REFERENCE
+    STATS[f"linear_a8:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("linear_a8")(x, packed, scale, bias, in_features, group_size, fmt)
+    x2 = _rows2d(x, in_features)
+    y = _module.ternary_linear(x2, packed.contiguous(), scale.contiguous(), None if bias is None else bias.contiguous(),
+                               in_features, group_size, path, 1, True, 0.0)
+    return y.reshape(*x.shape[:-1], packed.shape[0])
+
+
+def _decode(packed, scale, in_features, group_size, dtype, n0, n1, path, codes_only=False):
+    return _module.ternary_dequantize(packed, scale, in_features, group_size, dtype, n0, n1, path, codes_only)
+
+
+def dequantize_cpu(packed, scale, in_features, group_size, dtype):
+    """CPU implementation of ``torch_ternary::dequantize`` (bit-identical with the reference): float32 / bf16 / fp16
+    ``[N, K]`` decoded in C++; other dtypes the op accepts (float64) by the reference."""
+    ops._check_weight_args(packed, scale, in_features, group_size)
+    modelled = _words_in_one_group(scale, group_size) and dtype in LIMBS  # (float64 and others: the reference)
+    path = choose(0, True) if modelled else REFERENCE
+    STATS[f"dequantize:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("dequantize")(packed, scale, in_features, group_size, dtype)
+    return _decode(packed.contiguous(), scale.contiguous(), in_features, group_size, dtype, 0, packed.shape[0], path)
+
+
+def unpack_cpu(packed, in_features):
+    """CPU implementation of ``torch_ternary::unpack``: int8 ``[N, K]`` codes."""
+    from ...format import packing
+
+    packing.check_packed(packed, in_features)
+    path = choose(0, True)
+    STATS[f"unpack:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("unpack")(packed, in_features)
+    ones = torch.ones(1, 1, dtype=torch.float32)
+    return _decode(packed.contiguous(), ones, in_features, in_features, torch.float32, 0, packed.shape[0], path, True)
+
+
+def linear_grad_input_cpu(grad_out, packed, scale, in_features, group_size):
+    """CPU implementation of ``torch_ternary::linear_grad_input``: ``grad_out @ (s * q)`` over decoded row tiles.
+
+    Args:
+        grad_out: float ``[..., N]``. packed: uint8 ``[N, Kp/4]``. scale: float32 ``[S_n, S_k]``.
+
+    Returns:
+        ``grad_out.dtype`` ``[..., K]`` (tiles accumulated in float32, as the reference).
+    """
+    ops._check_weight_args(packed, scale, in_features, group_size)
+    ops._check_activation(grad_out, packed.shape[0], "grad_out")
+    path = choose(0, True) if _words_in_one_group(scale, group_size) else REFERENCE
+    STATS[f"linear_grad_input:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("linear_grad_input")(grad_out, packed, scale, in_features, group_size)
+    n = packed.shape[0]
+    g2 = grad_out.reshape(-1, n)
+    packed, scale = packed.contiguous(), scale.contiguous()
+    step = max(1, TILE_ELEMENTS // max(in_features, 1))
+    if step >= n:
+        out = g2 @ _decode(packed, scale, in_features, group_size, grad_out.dtype, 0, n, path)
+    else:
+        acc = torch.zeros((g2.shape[0], in_features), dtype=torch.float32)
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            acc += (g2[:, n0:n1] @ _decode(packed, scale, in_features, group_size, grad_out.dtype, n0, n1, path)).float()
+        out = acc.to(grad_out.dtype)
+    return out.reshape(*grad_out.shape[:-1], in_features)
+
+
+def linear_grad_scale_cpu(grad_out, x, packed, scale, in_features, group_size):
+    """CPU implementation of ``torch_ternary::linear_grad_scale``.
+
+    Per channel / per tensor: ``dL/ds[n] = sum_m g[m, n] * z[m, n]`` with ``z = x @ q^T`` (the forward
+    product with unit scales, float32 limbs); per group: the reference's ``g^T x`` reduced with the codes.
+
+    Returns:
+        float32, shaped like ``scale``.
+    """
+    ops._check_weight_args(packed, scale, in_features, group_size)
+    path = choose(0, scale.shape[1] > 1)
+    STATS[f"linear_grad_scale:{path}"] += 1
+    if path == REFERENCE or scale.shape[1] > 1:
+        return backends.reference("linear_grad_scale")(grad_out, x, packed, scale, in_features, group_size)
+    n = packed.shape[0]
+    x2 = _rows2d(x.float(), in_features)
+    rows_path = choose(x2.shape[0] * LIMBS[torch.float32], False)
+    z = _module.ternary_linear(x2, packed.contiguous(), torch.ones(n, 1), None, in_features, in_features, rows_path,
+                               LIMBS[torch.float32], False, RANGE_LIMIT[torch.float32])
+    ds = (grad_out.reshape(-1, n).float() * z).sum(dim=0)
+    return ds.sum().reshape(1, 1) if scale.shape[0] == 1 else ds.reshape(n, 1)
+
+
+_IMPLS = {"linear": linear_cpu, "linear_a8": linear_a8_cpu, "dequantize": dequantize_cpu, "unpack": unpack_cpu,
+          "linear_grad_input": linear_grad_input_cpu, "linear_grad_scale": linear_grad_scale_cpu}
+assert tuple(_IMPLS) == backends.CPU_KERNEL_OPS
+
+
+def install() -> bool:
+    """Make the compiled kernels the CPU implementation of the ops (idempotent; builds nothing now).
+
+    Returns:
+        False when ``$TORCH_TERNARY_CPU_KERNELS=off`` (the reference stays), else True.
+    """
+    global _installed
+    if _mode() == "off":
+        return False
+    if not _installed:
+        for name, fn in _IMPLS.items():
+            backends.set_impl(name, "cpu", fn)
+        _installed = True
+    return True
+
+
+def uninstall() -> None:
+    """Give the ops their plain-torch CPU implementation back."""
+    global _installed
+    for name in _IMPLS:
+        backends.set_impl(name, "cpu", None)
+    _installed = False
