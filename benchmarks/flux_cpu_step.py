@@ -56,21 +56,28 @@ def config_for(units: int) -> dict:
     return dict(FLUX_DEV_CONFIG, num_layers=units, num_single_layers=2 * units)
 
 
+def step_inputs(config: dict) -> tuple[dict, dict]:
+    """The step's inputs (512² = 32 x 32 latent tokens after the VAE's /8 and 2x2 patches, 512 text tokens, bf16)
+    and a small warm-up input."""
+    from torch_ternary.testing.flux import example_inputs
+
+    latent = HEIGHT // 16
+    return (example_inputs(config, height=latent, width=latent, text_tokens=TEXT_TOKENS, dtype=torch.bfloat16),
+            example_inputs(config, height=4, width=4, text_tokens=16, dtype=torch.bfloat16))
+
+
 def one(variant: str, units: int, steps: int) -> dict:
     """Build ``variant`` with ``units`` units and time ``steps`` steps (this process)."""
     from flux import build_variant
 
     from torch_ternary.kernels import cpu
-    from torch_ternary.testing.flux import example_inputs
 
     torch.manual_seed(0)
     config = config_for(units)
     model, info = build_variant(variant, config, "cpu", torch.bfloat16)
     weight_bytes = sum(_stored_bytes(t) for t in model.state_dict().values())
     rss_built = peak_rss_bytes()
-    latent = HEIGHT // 16  # VAE /8, 2x2 patches
-    small = example_inputs(config, height=4, width=4, text_tokens=16, dtype=torch.bfloat16)
-    inputs = example_inputs(config, height=latent, width=latent, text_tokens=TEXT_TOKENS, dtype=torch.bfloat16)
+    inputs, small = step_inputs(config)
     times = []
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -84,7 +91,7 @@ def one(variant: str, units: int, steps: int) -> dict:
     paths = {k: v - before.get(k, 0) for k, v in cpu.STATS.items() if v != before.get(k, 0)}
     assert torch.isfinite(out.float()).all(), "non-finite output"
     return {"variant": variant, "units": units, "double_blocks": units, "single_blocks": 2 * units,
-            "image_tokens": latent * latent, "text_tokens": TEXT_TOKENS, "step_s": min(times), "steps_s": times,
+            "image_tokens": inputs["hidden_states"].shape[1], "text_tokens": TEXT_TOKENS, "step_s": min(times), "steps_s": times,
             "warmup_s": warm, "build_s": info["build_s"], "converted_linears": info["converted_linears"],
             "weight_bytes": weight_bytes, "peak_rss_after_build_bytes": rss_built, "peak_rss_bytes": peak_rss_bytes(),
             "kernel_paths": paths, "threads": torch.get_num_threads()}
@@ -106,16 +113,12 @@ def interleaved(rounds: int) -> dict:
     from flux import build_variant
 
     from torch_ternary.quantization.activations import set_activations
-    from torch_ternary.testing.flux import example_inputs
 
     torch.manual_seed(0)
     models = {"ternary_full": build_variant("ternary_int8", config_for(FULL_UNITS), "cpu", torch.bfloat16)[0],
               "bf16_2": build_variant("bf16", config_for(2), "cpu", torch.bfloat16)[0],
               "bf16_4": build_variant("bf16", config_for(4), "cpu", torch.bfloat16)[0]}
-    config = config_for(FULL_UNITS)
-    latent = HEIGHT // 16
-    inputs = example_inputs(config, height=latent, width=latent, text_tokens=TEXT_TOKENS, dtype=torch.bfloat16)
-    small = example_inputs(config, height=4, width=4, text_tokens=16, dtype=torch.bfloat16)
+    inputs, small = step_inputs(config_for(FULL_UNITS))
     runs = {"ternary_int8": ("ternary_full", "int8"), "ternary_16bit": ("ternary_full", "16bit"),
             "bf16_2": ("bf16_2", None), "bf16_4": ("bf16_4", None)}
     times: dict[str, list[float]] = {k: [] for k in runs}

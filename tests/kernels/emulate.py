@@ -402,6 +402,17 @@ def skinny_entry(kind: str, R: int, NT: int, VW: int) -> str:
     return f"tt_skinny_{kind}_r{R}_n{NT}_v{VW}"
 
 
+def _linear_args(x, words, scale, bias, kind: str, bases, **scalars):
+    """The output buffer ``y`` and the argument dict of a 16-bit linear kernel (skinny GEMV and GEMM alike):
+    ``x`` / ``bias`` as ``kind`` bits, ``words`` uint32, ``scale`` float32, each at its ``bases`` address."""
+    bases = bases or {}
+    y = _out(2 * scalars["M"] * scalars["N"], "y", bases.get("y", 0))
+    return y, dict(y=y, x=_buf(to_bits(x, kind), "x", bases.get("x", 0)),
+                   packed=_buf(np.asarray(words, np.uint32), "packed", bases.get("packed", 0)),
+                   scale=_buf(np.asarray(scale, np.float32), "scale", bases.get("scale", 0)),
+                   bias=None if bias is None else _buf(to_bits(bias, kind), "bias", bases.get("bias", 0)), **scalars)
+
+
 def skinny(x, words, scale, bias, kind: str, s_row_stride: int, grouped: int, gshift: int, gmagic: int,
            R: int, NT: int, VW: int, W: int, source: KernelSource | None = None, grid=None, bases=None) -> np.ndarray:
     """Run ``tt_skinny_<kind>_r{R}_n{NT}_v{VW}`` (cuda/gemv.cu, translated) with ``W`` warps.
@@ -419,13 +430,8 @@ def skinny(x, words, scale, bias, kind: str, s_row_stride: int, grouped: int, gs
     """
     src = _src(source)
     M, N, kblocks = x.shape[0], words.shape[0], words.shape[1]
-    bases = bases or {}
-    y = _out(2 * M * N, "y", bases.get("y", 0))
-    args = dict(y=y, x=_buf(to_bits(x, kind), "x", bases.get("x", 0)),
-                packed=_buf(np.asarray(words, np.uint32), "packed", bases.get("packed", 0)),
-                scale=_buf(np.asarray(scale, np.float32), "scale", bases.get("scale", 0)),
-                bias=None if bias is None else _buf(to_bits(bias, kind), "bias", bases.get("bias", 0)),
-                M=M, N=N, kblocks=kblocks, s_row_stride=s_row_stride, grouped=grouped, gshift=gshift, gmagic=gmagic)
+    y, args = _linear_args(x, words, scale, bias, kind, bases, M=M, N=N, kblocks=kblocks, s_row_stride=s_row_stride,
+                           grouped=grouped, gshift=gshift, gmagic=gmagic)
     grid = grid or (cdiv(N, 16 * R), cdiv(M, 8 * NT), 1)
     src.module("gemv.cu").launch(skinny_entry(kind, R, NT, VW), grid, (32 * W, 1, 1), [], args)
     y.check_written_once()
@@ -447,13 +453,8 @@ def gemm(x, words, scale, bias, kind: str, K: int, s_row_stride: int, grouped: i
     src = _src(source)
     mod = src.module("gemm.cu")
     M, N, kblocks = x.shape[0], words.shape[0], words.shape[1]
-    bases = bases or {}
-    y = _out(2 * M * N, "y", bases.get("y", 0))
-    args = dict(y=y, x=_buf(to_bits(x, kind), "x", bases.get("x", 0)),
-                packed=_buf(np.asarray(words, np.uint32), "packed", bases.get("packed", 0)),
-                scale=_buf(np.asarray(scale, np.float32), "scale", bases.get("scale", 0)),
-                bias=None if bias is None else _buf(to_bits(bias, kind), "bias", bases.get("bias", 0)),
-                M=M, N=N, K=K, kblocks=kblocks, s_row_stride=s_row_stride, grouped=grouped, gshift=gshift, gmagic=gmagic)
+    y, args = _linear_args(x, words, scale, bias, kind, bases, M=M, N=N, K=K, kblocks=kblocks,
+                           s_row_stride=s_row_stride, grouped=grouped, gshift=gshift, gmagic=gmagic)
     grid = grid or (cdiv(N, mod.constant("kGemmBN")), cdiv(M, mod.constant("kGemmBM")), 1)
     block = block or (mod.constant("kGemmThreads"), 1, 1)
     smem = mod.constant("kGemmSmemBytes") if shared_mem is None else shared_mem

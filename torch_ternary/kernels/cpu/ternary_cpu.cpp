@@ -141,6 +141,17 @@ inline int64_t prepared_offset(int64_t k, int64_t ss) {
 }
 
 // one token: r [K] float (overwritten by the remainders), out: `limbs` prepared rows of `stride` bytes
+// activation k of a row (r[k], scale s) -> its int8 code, stored at its prepared place in o; returns the code.
+// 16-bit mode: r[k] becomes the remainder, for the next limb.
+inline int quantize_element(float* r, int64_t k, float s, bool mode_int8, int offset, uint8_t* o, int64_t ss) {
+  float q = std::nearbyint(r[k] / s);  // a division, as the reference; round half to even (the default mode)
+  if (std::isnan(q)) q = 0.0f;
+  q = q < -127.0f ? -127.0f : (q > 127.0f ? 127.0f : q);
+  o[prepared_offset(k, ss)] = uint8_t(int(q) + offset);
+  if (!mode_int8) r[k] = r[k] - q * s;
+  return int(q);
+}
+
 void quantize_row_scalar(float* r, int64_t K, int limbs, bool mode_int8, float s, int offset, Prepared& p,
                          int64_t row0, float* scales, int32_t* sums) {
   const int64_t ss = p.step_stride();
@@ -148,17 +159,22 @@ void quantize_row_scalar(float* r, int64_t K, int limbs, bool mode_int8, float s
     scales[l] = s;
     int32_t sum = 0;
     uint8_t* o = p.row_ptr(row0 + l);
-    for (int64_t k = 0; k < K; ++k) {
-      float v = r[k] / s;            // a division, as the reference (not a multiplication by 1/s)
-      float q = std::nearbyint(v);   // round half to even (the default rounding mode)
-      if (std::isnan(q)) q = 0.0f;
-      q = q < -127.0f ? -127.0f : (q > 127.0f ? 127.0f : q);
-      o[prepared_offset(k, ss)] = uint8_t(int(q) + offset);
-      sum += int(q);
-      if (!mode_int8) r[k] = r[k] - q * s;  // the remainder, for the next limb
-    }
+    for (int64_t k = 0; k < K; ++k) sum += quantize_element(r, k, s, mode_int8, offset, o, ss);
     sums[l] = sum;
     s = s / 254.0f;
+  }
+}
+
+// elements [k0, K) of one activation row as float32 (from float32 / bf16 / fp16 at element offset `start`) into r,
+// folding them into the row's max |x| and whether it holds a NaN
+void load_row_scalar(const void* xv, at::ScalarType dt, int64_t start, int64_t k0, int64_t K, float* r, float& amax,
+                     bool& nan) {
+  for (int64_t k = k0; k < K; ++k) {
+    const float v = dt == at::kFloat ? static_cast<const float*>(xv)[start + k]
+                                     : half_to_float(static_cast<const uint16_t*>(xv)[start + k], dt == at::kBFloat16);
+    r[k] = v;
+    nan |= std::isnan(v);
+    amax = std::fabs(v) > amax ? std::fabs(v) : amax;
   }
 }
 
@@ -194,14 +210,7 @@ void quantize_row_avx512(float* r, int64_t K, int limbs, bool mode_int8, float s
       for (int i = 0; i < 4; ++i) std::memcpy(base + i * ss, &d[i], 4);
     }
     int32_t sum = _mm512_reduce_add_epi32(vsum);
-    for (int64_t k = full; k < K; ++k) {  // the tail word, one weight at a time
-      float v = r[k] / s, q = std::nearbyint(v);
-      if (std::isnan(q)) q = 0.0f;
-      q = q < -127.0f ? -127.0f : (q > 127.0f ? 127.0f : q);
-      o[prepared_offset(k, ss)] = uint8_t(int(q) + offset);
-      sum += int(q);
-      if (!mode_int8) r[k] = r[k] - q * s;
-    }
+    for (int64_t k = full; k < K; ++k) sum += quantize_element(r, k, s, mode_int8, offset, o, ss);  // the tail word
     sums[l] = sum;
     s = s / 254.0f;
   }
@@ -225,15 +234,16 @@ void load_row_avx512(const void* xv, at::ScalarType dt, int64_t start, int64_t K
   }
   amax = _mm512_reduce_max_ps(vmax);
   nan = vnan != 0;
-  for (; k < K; ++k) {
-    float v = dt == at::kFloat ? static_cast<const float*>(xv)[start + k]
-                               : half_to_float(static_cast<const uint16_t*>(xv)[start + k], dt == at::kBFloat16);
-    r[k] = v;
-    nan |= std::isnan(v);
-    amax = std::fabs(v) > amax ? std::fabs(v) : amax;
-  }
+  load_row_scalar(xv, dt, start, k, K, r, amax, nan);  // the tail
 }
 #pragma GCC pop_options
+
+// one activation row into r (amax and nan as load_row_scalar), vectorized when `vector`
+inline void load_row(const void* xv, at::ScalarType dt, int64_t start, int64_t K, float* r, float& amax, bool& nan,
+                     bool vector) {
+  if (vector) load_row_avx512(xv, dt, start, K, r, amax, nan);
+  else load_row_scalar(xv, dt, start, 0, K, r, amax, nan);
+}
 
 // max over the rows of x [M, K] of amax / rms (a token's dynamic range); NaN rows count as 0
 double max_dynamic_range(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ldx, bool vector) {
@@ -243,14 +253,7 @@ double max_dynamic_range(const void* xv, at::ScalarType dt, int64_t M, int64_t K
     for (int64_t m = m0; m < m1; ++m) {
       float amax = 0.0f;
       bool nan = false;
-      if (vector) load_row_avx512(xv, dt, m * ldx, K, r.data(), amax, nan);
-      else for (int64_t k = 0; k < K; ++k) {
-        const float v = dt == at::kFloat ? static_cast<const float*>(xv)[m * ldx + k]
-                                         : half_to_float(static_cast<const uint16_t*>(xv)[m * ldx + k], dt == at::kBFloat16);
-        r[k] = v;
-        nan |= std::isnan(v);
-        amax = std::fabs(v) > amax ? std::fabs(v) : amax;
-      }
+      load_row(xv, dt, m * ldx, K, r.data(), amax, nan, vector);
       if (nan || amax < kTinyAmax || !std::isfinite(amax)) continue;
       double ss = 0.0;
 #pragma omp simd reduction(+ : ss)
@@ -284,18 +287,7 @@ void prepare(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ld
     for (int64_t m = m0; m < m1; ++m) {
       float amax = 0.0f;
       bool nan = false;
-      if (vector) {
-        load_row_avx512(xv, dt, m * ldx, K, r.data(), amax, nan);
-      } else {
-        if (dt == at::kFloat) std::memcpy(r.data(), static_cast<const float*>(xv) + m * ldx, K * 4);
-        else for (int64_t k = 0; k < K; ++k)
-          r[k] = half_to_float(static_cast<const uint16_t*>(xv)[m * ldx + k], dt == at::kBFloat16);
-        for (int64_t k = 0; k < K; ++k) {
-          float a = std::fabs(r[k]);
-          nan |= std::isnan(a);
-          amax = a > amax ? a : amax;
-        }
-      }
+      load_row(xv, dt, m * ldx, K, r.data(), amax, nan, vector);
       if (nan) amax = std::numeric_limits<float>::quiet_NaN();
       float s = amax / 127.0f;
       if (amax < kTinyAmax) s = 1.0f;  // (false for NaN, as in the reference)
