@@ -34,8 +34,10 @@ from ..errors import TernaryConfigError
 from ..quantization.config import TernaryConfig
 from ..quantization.quantize import quantize_
 from .distill import DistillConfig, config_dict, distill
+from .distributed import Ranks, ranks_from_env
 from .layerwise import layerwise_calibrate
-from .trainable import export_ternary, make_trainable
+from .parallel import trainable_state
+from .trainable import export_from_state, export_ternary, make_trainable
 from .trajectories import TrajectoryDataset, record_trajectories
 
 METHODS = ("absmean", "layerwise", "layerwise_gptq", "distill_scales", "distill_qat")
@@ -120,11 +122,13 @@ class CalibrationResult:
         return out
 
 
-def _replay(data: TrajectoryDataset, records: int, batch: int) -> Callable[[nn.Module], None]:
+def _replay(data: TrajectoryDataset, records: int, batch: int, ranks: Ranks) -> Callable[[nn.Module], None]:
+    """Feeds ``model`` the first ``records`` records (whole batches); with N ranks, batch ``j`` on rank ``j % N``."""
     def run(model: nn.Module) -> None:
         seen = 0
-        for kwargs, _ in data.iterate(batch):
-            model(**kwargs)
+        for j, (kwargs, _) in enumerate(data.iterate(batch)):
+            if ranks.owns(j):
+                model(**kwargs)
             seen += kwargs["hidden_states"].shape[0]
             if seen >= records:
                 break
@@ -133,7 +137,7 @@ def _replay(data: TrajectoryDataset, records: int, batch: int) -> Callable[[nn.M
 
 
 def calibrate(pipe, prompts: list[str], workdir: str | Path, config: CalibrationConfig | None = None,
-              inplace: bool = False, log: Callable[[dict], None] | None = None) -> CalibrationResult:
+              inplace: bool = False, log: Callable[[dict], None] | None = None, ranks: Ranks | None = None) -> CalibrationResult:
     """Calibrate a ternary version of ``pipe.transformer`` from text prompts alone.
 
     Args:
@@ -142,7 +146,10 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
         workdir: folder for trajectories (``workdir/trajectories``) and distillation checkpoints.
         config: a :class:`CalibrationConfig`.
         inplace: ternarize ``pipe.transformer`` itself (saves a full copy; absmean / distill_scales without layer-wise init only).
-        log: receives progress dicts.
+        log: receives progress dicts (on rank 0 only).
+        ranks: the job (:mod:`.distributed`); default: the process group torchrun's environment
+            describes, else one process. Every rank must call ``calibrate`` with the same arguments
+            (``workdir`` on a file system they share); each gets the same result.
 
     Returns:
         A :class:`CalibrationResult` whose ``transformer`` holds :class:`~torch_ternary.TernaryTensor` weights.
@@ -151,10 +158,15 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
     workdir = Path(workdir)
     seconds: dict[str, float] = {}
     teacher = pipe.transformer
+    ranks = ranks or ranks_from_env(next(teacher.parameters()).device)
+    log = log if ranks.main else None
     needs_fp = cfg.method in ("layerwise", "layerwise_gptq", "distill_qat") or (
         cfg.method == "distill_scales" and cfg.layerwise_init)
     if inplace and cfg.on_policy_prompts:
         raise TernaryConfigError("on-policy refinement needs the full-precision teacher beside the student; "
+                                 "inplace=True is not possible")
+    if inplace and cfg.distill.block_loss_weight:
+        raise TernaryConfigError("block matching compares the student with the full-precision teacher; "
                                  "inplace=True is not possible")
     if inplace and needs_fp:
         raise TernaryConfigError(f"method {cfg.method!r} (with layerwise_init={cfg.layerwise_init}) needs the "
@@ -163,7 +175,7 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
     if cfg.method != "absmean":
         t0 = time.time()
         folder = record_trajectories(pipe, prompts, workdir / "trajectories", batch_size=cfg.trajectory_batch,
-                                     seed=cfg.seed, storage_dtype=cfg.storage_dtype, **cfg.pipe_kwargs)
+                                     seed=cfg.seed, storage_dtype=cfg.storage_dtype, ranks=ranks, **cfg.pipe_kwargs)
         device = next(teacher.parameters()).device
         data = TrajectoryDataset(folder, device=device, dtype=next(teacher.parameters()).dtype)
         seconds["trajectories"] = time.time() - t0
@@ -178,8 +190,9 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
 
     if needs_fp and (cfg.method.startswith("layerwise") or cfg.layerwise_init):
         t0 = time.time()
-        run = _replay(data, cfg.layerwise_records, cfg.distill.batch_size)
-        result.layer_errors = layerwise_calibrate(student, teacher, run, gptq=cfg.method == "layerwise_gptq" or cfg.gptq_init)
+        run = _replay(data, cfg.layerwise_records, cfg.distill.batch_size, ranks)
+        result.layer_errors = layerwise_calibrate(student, teacher, run, gptq=cfg.method == "layerwise_gptq" or cfg.gptq_init,
+                                                  ranks=ranks)
         seconds["layerwise"] = time.time() - t0
         if log:
             log({"phase": "layerwise", **result.summary()})
@@ -189,28 +202,43 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
     t0 = time.time()
     for p in student.parameters():
         p.requires_grad_(False)
+    # FSDP2 shards the QAT student in place; the exported model is rebuilt from this 2-bit copy
+    base = copy.deepcopy(student) if ranks.distributed and cfg.method == "distill_qat" else None
     make_trainable(student, latent_from=teacher if cfg.method == "distill_qat" else None)
-    result.losses = distill(student, data, cfg.distill, checkpoint_dir=workdir / f"distill_{cfg.method}", log=log)
+    result.losses = distill(student, data, cfg.distill, checkpoint_dir=workdir / f"distill_{cfg.method}", log=log,
+                            teacher=teacher, ranks=ranks)
     seconds["distill"] = time.time() - t0
     if cfg.on_policy_prompts:
-        result.losses += _on_policy(pipe, student, teacher, prompts, data, workdir, cfg, seconds, log)
-    export_ternary(student)
+        result.losses += _on_policy(pipe, student, teacher, prompts, data, workdir, cfg, seconds, log, ranks, base)
+    result.transformer = _exported(student, base)
     if log:
         log({"phase": "done", "distill": config_dict(cfg.distill), **result.summary()})
     return result
 
 
+def _exported(student: nn.Module, base: nn.Module | None) -> nn.Module:
+    """The standard ternary model: ``student`` exported in place, or (FSDP2-sharded student) ``base``
+    with the gathered trainable state applied (collective)."""
+    if base is None:
+        export_ternary(student)
+        return student
+    return export_from_state(base, trainable_state(student))
+
+
 def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str], data: TrajectoryDataset,
-               workdir: Path, cfg: CalibrationConfig, seconds: dict, log) -> list[float]:
+               workdir: Path, cfg: CalibrationConfig, seconds: dict, log, ranks: Ranks,
+               base: nn.Module | None = None) -> list[float]:
     """The student samples, the teacher labels its states; distillation goes on over both record sets
-    (``data``, the teacher's records, is extended in place with the on-policy ones)."""
+    (``data``, the teacher's records, is extended in place with the on-policy ones). A sharded student
+    samples through a ternary copy (``base`` + its gathered state: the same function, no collectives
+    inside the sampler)."""
     t0 = time.time()
     student.eval()
     student_pipe = copy.copy(pipe)  # shares encoders, scheduler, VAE; only the transformer differs
-    student_pipe.transformer = student
+    student_pipe.transformer = student if base is None else export_from_state(copy.deepcopy(base), trainable_state(student))
     folder = record_trajectories(student_pipe, list(prompts[:cfg.on_policy_prompts]), workdir / "trajectories_on_policy",
                                  batch_size=cfg.trajectory_batch, seed=cfg.seed + ON_POLICY_SEED_OFFSET,
-                                 storage_dtype=cfg.storage_dtype, target=teacher, **cfg.pipe_kwargs)
+                                 storage_dtype=cfg.storage_dtype, target=teacher, ranks=ranks, **cfg.pipe_kwargs)
     records_teacher = len(data)
     data.extend(folder)  # the teacher records stay loaded; only the new folder is read
     seconds["on_policy_trajectories"] = time.time() - t0
@@ -220,6 +248,7 @@ def _on_policy(pipe, student: nn.Module, teacher: nn.Module, prompts: list[str],
     f = cfg.on_policy_lr_factor
     refine = dataclasses.replace(cfg.distill, steps=cfg.on_policy_steps, seed=cfg.distill.seed + 1,
                                  lr=cfg.distill.lr * f, scale_lr=cfg.distill.scale_lr * f)
-    losses = distill(student, data, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log)
+    losses = distill(student, data, refine, checkpoint_dir=workdir / f"distill_{cfg.method}_on_policy", log=log,
+                     teacher=teacher, ranks=ranks)
     seconds["on_policy_distill"] = time.time() - t0
     return losses

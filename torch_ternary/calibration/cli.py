@@ -24,9 +24,12 @@ def add_parser(sub) -> None:
                                    "alone: the full-precision pipeline is the teacher. See docs/calibration.md.")
     c.add_argument("--pipeline", default="mini", help="'mini' (the shipped Mini FLUX) or a diffusers FluxPipeline folder")
     c.add_argument("--method", choices=METHODS, default="distill_qat", help="calibration method (default distill_qat)")
-    c.add_argument("--prompts", default="mini", help="'mini', 'builtin' or a .txt/.tsv/.jsonl file")
+    c.add_argument("--prompts", default="mini", help="'mini-calibration' (Mini FLUX's calibration split), 'mini' (its training captions), "
+                                                     "'builtin' or a .txt/.tsv/.jsonl file")
     c.add_argument("--column", default=None, help="field of a .tsv/.jsonl prompt file (default 'prompt')")
     c.add_argument("--num-prompts", type=int, default=512, help="prompts to use (default 512)")
+    c.add_argument("--category-weights", default=None, metavar="CAT=W,...",
+                   help="relative weights of the mini-calibration categories, e.g. color_attr=2,position=2 (default uniform)")
     c.add_argument("--prompt-seed", type=int, default=0, help="seed of generated prompts (default 0)")
     c.add_argument("--sampling-steps", type=int, default=None, help="teacher sampling steps (default: the pipeline's)")
     c.add_argument("--steps", type=int, default=2000, help="distillation steps (default 2000)")
@@ -41,6 +44,10 @@ def add_parser(sub) -> None:
                    help="distillation steps on teacher + on-policy records pooled")
     c.add_argument("--on-policy-lr-factor", type=float, default=1.0,
                    help="multiplies both peak learning rates in the on-policy phase (default 1)")
+    c.add_argument("--block-loss-weight", type=float, default=0.0,
+                   help="weight of matching every block's output to the teacher's (default 0: velocity only)")
+    c.add_argument("--high-noise-weight", type=float, default=0.0,
+                   help="weight records 1 + this x timestep (high noise, where layout is decided; default 0)")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -61,6 +68,24 @@ def _load_pipe(spec: str, device: str):
     return DiffusionPipeline.from_pretrained(folder).to(device)
 
 
+def _weights(spec: str | None) -> dict[str, float] | None:
+    """``"a=2,b=1"`` -> ``{"a": 2.0, "b": 1.0}``; None -> None."""
+    if not spec:
+        return None
+    from .prompts import PromptSourceError
+
+    out = {}
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise PromptSourceError(f"--category-weights: expected CATEGORY=WEIGHT items, got {item!r}")
+    return out
+
+
 def cmd_calibrate(args) -> int:
     from ..format.atomic import atomic_write
     from ..format.single_file import save_quantized
@@ -71,8 +96,13 @@ def cmd_calibrate(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the output is a .safetensors file")
-    prompts = load_prompts(args.prompts, args.num_prompts, seed=args.prompt_seed, column=args.column)
-    pipe = _load_pipe(args.pipeline, args.device)
+    from .distributed import ranks_from_env
+
+    prompts = load_prompts(args.prompts, args.num_prompts, seed=args.prompt_seed, column=args.column,
+                           category_weights=_weights(args.category_weights))
+    ranks = ranks_from_env(args.device)  # torchrun: one process per rank, each on its own GPU
+    device = f"cuda:{torch_local_rank()}" if ranks.distributed and args.device == "cuda" else args.device
+    pipe = _load_pipe(args.pipeline, device)
     pipe.set_progress_bar_config(disable=True)
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
@@ -80,15 +110,27 @@ def cmd_calibrate(args) -> int:
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         on_policy_lr_factor=args.on_policy_lr_factor,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
-                              autocast_bf16=args.bf16),
+                              autocast_bf16=args.bf16, block_loss_weight=args.block_loss_weight,
+                              high_noise_weight=args.high_noise_weight),
     )
     log = lambda rec: print(json.dumps(rec), flush=True)  # noqa: E731
-    result = calibrate(pipe, prompts, args.workdir, cfg, log=log)
+    result = calibrate(pipe, prompts, args.workdir, cfg, log=log, ranks=ranks)
+    if not ranks.main:  # rank 0 writes the model, once
+        ranks.barrier()
+        return 0
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
+               "prompt_seed": args.prompt_seed, "category_weights": _weights(args.category_weights), "ranks": ranks.world,
                "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init,
                "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps,
                                                   "lr_factor": cfg.on_policy_lr_factor}, "losses": result.losses}
     atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s)")
+    print(f"wrote {out} ({result.method}, {summary['total_seconds']:.0f} s, {ranks.world} rank(s))")
+    ranks.barrier()
     return 0
+
+
+def torch_local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -22,7 +22,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import TernaryConfigError
 from ..format.atomic import atomic_write
+from .block_targets import BlockOutputs, block_matching_loss
+from .distributed import DistributedCalibrationError, Ranks, all_reduce_sum, full, like
+from .parallel import local_rows, wrap
 from .encoder_data import EncoderDistillData
 from .trajectories import TrajectoryDataset
 
@@ -41,6 +45,11 @@ class DistillConfig:
         seed: data order. checkpoint_every: steps between checkpoints (0: only at the end).
         autocast_bf16: run forward passes under bf16 autocast (CPU or CUDA).
         grad_checkpointing: recompute block activations in the backward (saves memory on big models).
+        block_loss_weight: weight of the block-matching term (:mod:`.block_targets`): every block's output
+            (both streams) against the teacher's on the same inputs, as a relative squared error; needs
+            ``teacher`` in :func:`distill`. 0: velocity only.
+        high_noise_weight: each record's loss is weighted ``1 + high_noise_weight * t`` (``t``: the record's
+            timestep, 1 = pure noise, where the layout is decided), normalised over the batch. 0: uniform.
     """
 
     steps: int = 1000
@@ -54,6 +63,13 @@ class DistillConfig:
     checkpoint_every: int = 200
     autocast_bf16: bool = False
     grad_checkpointing: bool = False
+    block_loss_weight: float = 0.0
+    high_noise_weight: float = 0.0
+
+    def __post_init__(self):
+        if not (self.block_loss_weight >= 0 and self.high_noise_weight >= 0):
+            raise TernaryConfigError(f"block_loss_weight and high_noise_weight must be >= 0, got "
+                                     f"{self.block_loss_weight}, {self.high_noise_weight}")
 
 
 def _lr_factor(step: int, cfg: DistillConfig) -> float:
@@ -75,36 +91,84 @@ def _optimizer(student: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.99))
 
 
-def _save(student: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float, rng, folder: Path, losses) -> None:
+def _save(student: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float, rng, folder: Path, losses,
+          ranks: Ranks) -> None:
+    """Full tensors of the trainable parameters and their AdamW state (gathered under FSDP2: every rank
+    calls this), written by rank 0: any number of ranks can resume from it."""
     names = {id(p): n for n, p in student.named_parameters()}
-    tensors = {f"param.{n}": p.detach().contiguous() for n, p in student.named_parameters() if p.requires_grad}
+    tensors = {f"param.{n}": full(p.detach()).contiguous() for n, p in student.named_parameters() if p.requires_grad}
     for group in opt.param_groups:
         for p in group["params"]:
             for key, value in opt.state.get(p, {}).items():
+                value = full(value)
                 tensors[f"opt.{names[id(p)]}.{key}"] = (value if value.dim() else value.reshape(1)).contiguous()
-    atomic_write(folder / CKPT_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
-    state = {"step": step, "seconds": seconds, "rng": rng.bit_generator.state, "losses": losses}
-    atomic_write(folder / CKPT_STATE, lambda tmp: tmp.write_text(json.dumps(state)))
+    if ranks.main:
+        atomic_write(folder / CKPT_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        state = {"step": step, "seconds": seconds, "rng": rng.bit_generator.state, "losses": losses, "ranks": ranks.world}
+        atomic_write(folder / CKPT_STATE, lambda tmp: tmp.write_text(json.dumps(state)))
+    ranks.barrier()  # nobody reads a checkpoint rank 0 has not finished
 
 
-def _load(student: nn.Module, opt: torch.optim.Optimizer, folder: Path, rng) -> tuple[int, float, list]:
+def _load_params(student: nn.Module, folder: Path) -> tuple[dict, dict]:
+    """Copy a checkpoint's parameters into the student (each laid out like its parameter: a shard under
+    FSDP2); returns ``(tensors, state)``."""
     tensors = load_file(str(folder / CKPT_TENSORS))
     state = json.loads((folder / CKPT_STATE).read_text())
     with torch.no_grad():
         for n, p in student.named_parameters():
             if f"param.{n}" in tensors:
-                p.copy_(tensors[f"param.{n}"])
+                p.copy_(like(tensors[f"param.{n}"], p))
+    return tensors, state
+
+
+def _load_optimizer(student: nn.Module, opt: torch.optim.Optimizer, tensors: dict) -> None:
+    """The checkpoint's AdamW state, laid out like each (possibly sharded) parameter."""
     for n, p in student.named_parameters():
-        st = {k.rsplit(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
+        st = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
         if st:
-            st["step"] = st["step"].reshape(())
+            st = {k: (v.reshape(()) if k == "step" else like(v, p)) for k, v in st.items()}
             opt.state[p] = st
-    rng.bit_generator.state = state["rng"]
-    return state["step"], state["seconds"], state["losses"]
+
+
+def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: torch.Tensor, cfg: DistillConfig,
+          autocast: dict, ranks: Ranks | None = None, per_record_keys: tuple[str, ...] = ()) -> torch.Tensor:
+    """The scalar distillation loss of one global batch (plain velocity MSE unless the config asks for more).
+
+    With several ranks, this rank's part of the batch only, scaled so that the gradient DDP / FSDP2
+    average over ranks is the gradient of the global batch's loss: ``world * sum_local(w l) / sum_global(w)``.
+    """
+    ranks = ranks or Ranks()
+    if not ranks.distributed and not cfg.block_loss_weight and not cfg.high_noise_weight:
+        with torch.autocast(**autocast):
+            pred = model(**kwargs)[0]
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+    if cfg.high_noise_weight and "timestep" not in kwargs:
+        raise TernaryConfigError("high_noise_weight needs records with a 'timestep' (diffusion trajectories)")
+    n = target.shape[0]
+    w_all = (1.0 + cfg.high_noise_weight * kwargs["timestep"].detach().float().reshape(-1)) if cfg.high_noise_weight \
+        else torch.ones(n, device=target.device)
+    start, stop = ranks.part(n) if ranks.distributed else (0, n)
+    kwargs, target = local_rows(kwargs, target, per_record_keys, ranks)
+    block = None
+    if cfg.block_loss_weight:
+        inner = getattr(model, "module", model)  # DDP wraps; the hooks go on the blocks themselves
+        with torch.no_grad(), torch.autocast(**autocast), BlockOutputs(teacher) as t_out:
+            teacher(**kwargs)
+        with torch.autocast(**autocast), BlockOutputs(inner) as s_out:
+            pred = model(**kwargs)[0]
+        block = block_matching_loss(s_out.outputs, t_out.outputs)
+    else:
+        with torch.autocast(**autocast):
+            pred = model(**kwargs)[0]
+    per_record = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if block is not None:
+        per_record = per_record + cfg.block_loss_weight * block
+    return ranks.world * (w_all[start:stop] * per_record).sum() / w_all.sum()
 
 
 def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", cfg: DistillConfig, checkpoint_dir: str | Path | None = None,
-            resume: bool = True, log: Callable[[dict], None] | None = None) -> list[float]:
+            resume: bool = True, log: Callable[[dict], None] | None = None, teacher: nn.Module | None = None,
+            ranks: Ranks | None = None) -> list[float]:
     """Train ``student``'s trainable parameters to match the recorded teacher velocities.
 
     Args:
@@ -116,20 +180,37 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
         checkpoint_dir: where checkpoints go (and are resumed from).
         resume: continue from a checkpoint in ``checkpoint_dir`` if there is one.
         log: called every 25 steps with ``{"step", "loss", "lr_factor", "seconds"}``.
+        teacher: the full-precision model (frozen, eval mode); needed when ``cfg.block_loss_weight > 0``.
+        ranks: a :class:`~.distributed.Ranks` (default one process). With N ranks every rank draws the same
+            global batch of ``cfg.batch_size`` records and trains on its part; scales-only students run
+            under DDP, students with latent weights are sharded by FSDP2 (in place: ``student`` stays
+            sharded afterwards; :func:`~.parallel.trainable_state` gathers it). Checkpoints are written by
+            rank 0 and resume with any N.
 
     Returns:
         The mean loss of every 25-step window.
     """
+    if cfg.block_loss_weight and teacher is None:
+        raise TernaryConfigError("block_loss_weight > 0 needs the teacher: distill(..., teacher=...)")
+    ranks = ranks or Ranks()
+    if ranks.distributed and cfg.batch_size < ranks.world:
+        raise DistributedCalibrationError(f"batch_size {cfg.batch_size} < {ranks.world} ranks: every rank needs records")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     rng = np.random.default_rng(cfg.seed)
-    opt = _optimizer(student, cfg)
-    step, seconds, history = 0, 0.0, []
+    step, seconds, history, tensors = 0, 0.0, [], None
     if folder is not None and resume and (folder / CKPT_STATE).exists():
-        step, seconds, history = _load(student, opt, folder, rng)
+        tensors, state = _load_params(student, folder)
+        rng.bit_generator.state = state["rng"]
+        step, seconds, history = state["step"], state["seconds"], state["losses"]
     if cfg.grad_checkpointing and hasattr(student, "enable_gradient_checkpointing"):
         student.enable_gradient_checkpointing()
+    model = wrap(student, ranks)
+    opt = _optimizer(student, cfg)
+    if tensors is not None:
+        _load_optimizer(student, opt, tensors)
     student.train()
     device_type = next(student.parameters()).device.type
+    per_record_keys = tuple(getattr(data, "PER_RECORD", ()))
     window: list[float] = []
     while step < cfg.steps:
         t0 = time.time()
@@ -137,9 +218,8 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         kwargs, target = data.batch(cfg.batch_size, rng)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-            pred = student(**kwargs)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss = _loss(model, teacher, kwargs, target, cfg,
+                     dict(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16), ranks, per_record_keys)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -149,17 +229,18 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
                     p.clamp_(min=1e-8)
         step += 1
         seconds += time.time() - t0
-        window.append(float(loss.detach()))
+        global_loss = all_reduce_sum(loss.detach().float().reshape(1) / ranks.world, ranks)  # the batch's loss
+        window.append(float(global_loss))
         if step % 25 == 0 or step == cfg.steps:
             history.append(float(np.mean(window)))
             window = []
-            if log is not None:
+            if log is not None and ranks.main:
                 log({"step": step, "loss": history[-1], "lr_factor": factor, "seconds": round(seconds, 1)})
         if folder is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _save(student, opt, step, seconds, rng, folder, history)
+            _save(student, opt, step, seconds, rng, folder, history, ranks)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        _save(student, opt, step, seconds, rng, folder, history)
+        _save(student, opt, step, seconds, rng, folder, history, ranks)
     student.eval()
     return history
 

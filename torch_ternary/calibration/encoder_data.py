@@ -38,6 +38,9 @@ class EncoderDistillData:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    #: The kwargs of :meth:`batch` with one row per record.
+    PER_RECORD = ("input_ids", "attention_mask")
+
     def batch(self, size: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
         """``(model kwargs, teacher states masked to real tokens)`` for ``size`` random texts."""
         rows = torch.from_numpy(rng.choice(len(self), size=min(size, len(self)), replace=False)).to(self.input_ids.device)

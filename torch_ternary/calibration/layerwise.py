@@ -170,7 +170,7 @@ def calibrate_weight(weight: torch.Tensor, gram: torch.Tensor, gptq: bool = Fals
 
 
 def layerwise_calibrate(model: nn.Module, reference: nn.Module, run: Callable[[nn.Module], None],
-                        gptq: bool = False, max_rows: int = 4096) -> dict[str, float]:
+                        gptq: bool = False, max_rows: int = 4096, ranks=None) -> dict[str, float]:
     """Replace the ternary weights of ``model`` by activation-aware ones, in place.
 
     Args:
@@ -180,11 +180,17 @@ def layerwise_calibrate(model: nn.Module, reference: nn.Module, run: Callable[[n
         run: calls the reference model on calibration data (e.g. replays teacher trajectories).
         gptq: use GPTQ error feedback for the codes.
         max_rows: input rows sampled per layer and call.
+        ranks: a :class:`~.distributed.Ranks` (default one process). With N ranks, ``run`` feeds each rank
+            its share of the data; the moments are all-reduced (summed over ranks, layers in a fixed
+            order), linear ``l`` is solved on rank ``l % N`` and its codes, scale and bias broadcast.
 
     Returns:
         Per layer, the relative output error ``||X W^T + b - X W_hat^T - b_hat||^2 / ||X W^T||^2`` on the
         calibration inputs, before (absmean, no correction) -> after, as ``{name: (before, after)}``.
     """
+    from .distributed import Ranks
+
+    ranks = ranks or Ranks()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and isinstance(m.weight, TernaryTensor)]
     recorder = GramRecorder(reference, names, max_rows)
     try:
@@ -192,22 +198,74 @@ def layerwise_calibrate(model: nn.Module, reference: nn.Module, run: Callable[[n
             run(reference)
     finally:
         recorder.remove()
+    if ranks.distributed:
+        _reduce_moments(recorder, reference, names, ranks)
+    solved = {name: _solve(model, reference, recorder, name, gptq) for j, name in enumerate(names) if ranks.owns(j)}
     errors = {}
-    for name in names:
-        target = reference.get_submodule(name).weight.detach()
-        second, mean = recorder.moments(name)
+    for j, name in enumerate(names):
         linear = model.get_submodule(name)
-        correct_bias = linear.bias is not None
-        h = second - torch.outer(mean, mean) if correct_bias else second
-        before = relative_output_error(target, linear.weight.dequantize(torch.float32), second)
-        tt = calibrate_weight(target, h, gptq=gptq, dtype=linear.weight.dtype).to(linear.weight.device)
+        tt, bias, err = solved[name] if name in solved else _receive_like(linear)
+        if ranks.distributed:
+            tt, bias, err = _broadcast_solution(tt, bias, err, src=j % ranks.world, ranks=ranks)
         linear.weight = nn.Parameter(tt, requires_grad=False)
-        if correct_bias:
-            shift = (target.double() - tt.dequantize(torch.float64)) @ mean.to(target.device)
-            ref_bias = reference.get_submodule(name).bias.detach()
-            linear.bias = nn.Parameter((ref_bias.double() + shift).to(linear.bias.dtype), requires_grad=linear.bias.requires_grad)
-        errors[name] = (before, relative_output_error(target, tt.dequantize(torch.float32), h, second))
+        if bias is not None:
+            linear.bias = nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+        errors[name] = err
     return errors
+
+
+def _reduce_moments(recorder: GramRecorder, reference: nn.Module, names: list[str], ranks) -> None:
+    """Sum each linear's Gram matrix, input sum and row count over ranks (a rank that saw no call of a
+    linear contributes zeros)."""
+    from .distributed import all_reduce_sum
+
+    for name in names:
+        k = reference.get_submodule(name).weight.shape[1]
+        device = reference.get_submodule(name).weight.device
+        g = recorder.grams.get(name, torch.zeros(k, k, dtype=torch.float64, device=device))
+        m = recorder.sums.get(name, torch.zeros(k, dtype=torch.float64, device=device))
+        rows = torch.tensor([float(recorder.rows.get(name, 0))], dtype=torch.float64, device=device)
+        recorder.grams[name], recorder.sums[name] = all_reduce_sum(g, ranks), all_reduce_sum(m, ranks)
+        recorder.rows[name] = int(all_reduce_sum(rows, ranks).item())
+
+
+def _solve(model: nn.Module, reference: nn.Module, recorder: GramRecorder, name: str, gptq: bool):
+    """One linear's solution: ``(TernaryTensor, corrected bias or None, (error before, error after))``."""
+    target = reference.get_submodule(name).weight.detach()
+    second, mean = recorder.moments(name)
+    linear = model.get_submodule(name)
+    correct_bias = linear.bias is not None
+    h = second - torch.outer(mean, mean) if correct_bias else second
+    before = relative_output_error(target, linear.weight.dequantize(torch.float32), second)
+    tt = calibrate_weight(target, h, gptq=gptq, dtype=linear.weight.dtype).to(linear.weight.device)
+    bias = None
+    if correct_bias:
+        shift = (target.double() - tt.dequantize(torch.float64)) @ mean.to(target.device)
+        ref_bias = reference.get_submodule(name).bias.detach()
+        bias = (ref_bias.double() + shift).to(linear.bias.dtype)
+    return tt, bias, (before, relative_output_error(target, tt.dequantize(torch.float32), h, second))
+
+
+def _receive_like(linear: nn.Linear):
+    """Buffers shaped like ``linear``'s solution, to receive it from the rank that solved it."""
+    w = linear.weight
+    tt = TernaryTensor(torch.empty_like(w.packed), torch.empty_like(w.scale), tuple(w.shape), w.dtype, w.group_size,
+                       activations=w.activations)
+    bias = None if linear.bias is None else torch.empty_like(linear.bias.detach())
+    return tt, bias, (0.0, 0.0)
+
+
+def _broadcast_solution(tt: TernaryTensor, bias, err, src: int, ranks):
+    from .distributed import broadcast
+
+    packed, scale = tt.packed.contiguous(), tt.scale.contiguous()
+    broadcast(packed, src, ranks)
+    broadcast(scale, src, ranks)
+    if bias is not None:
+        bias = broadcast(bias.contiguous(), src, ranks)
+    e = broadcast(torch.tensor(err, dtype=torch.float64, device=packed.device), src, ranks)
+    out = TernaryTensor(packed, scale, tuple(tt.shape), tt.dtype, tt.group_size, activations=tt.activations)
+    return out, bias, (float(e[0]), float(e[1]))
 
 
 def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor,

@@ -90,6 +90,15 @@ def mini_prompts(n: int, seed: int = 0) -> list[str]:
     return [sample_training_caption(rng)[1] for _ in range(n)]
 
 
+def mini_calibration_prompts(n: int, seed: int = 0, category_weights: dict[str, float] | None = None) -> list[str]:
+    """``n`` Mini FLUX calibration prompts: meanings of the calibration split only (disjoint from the
+    validation captions and the evaluation prompts; :mod:`torch_ternary.mini.splits`), categories drawn
+    with ``category_weights`` (default uniform)."""
+    from ..mini.splits import calibration_captions
+
+    return calibration_captions(n, seed, category_weights)
+
+
 def prompts_from_file(path: str | Path, column: str | None = None) -> list[str]:
     """Prompts from a file: ``.txt`` (one a line), ``.tsv`` (a header row; ``column`` names the field)
     or ``.jsonl`` (one object a line; ``column`` names the key). Blank lines are skipped.
@@ -136,11 +145,22 @@ def prompts_from_file(path: str | Path, column: str | None = None) -> list[str]:
     return prompts
 
 
-def load_prompts(source: str, n: int | None = None, seed: int = 0, column: str | None = None) -> list[str]:
-    """``"builtin"``, ``"mini"`` or a file path -> a list of prompts (the first ``n`` of a file)."""
+def load_prompts(source: str, n: int | None = None, seed: int = 0, column: str | None = None,
+                 category_weights: dict[str, float] | None = None) -> list[str]:
+    """``"builtin"``, ``"mini"`` (Mini FLUX training captions), ``"mini-calibration"`` (Mini FLUX's
+    calibration split: no validation or evaluation meaning) or a file path -> a list of prompts (the
+    first ``n`` of a file). ``category_weights`` (category -> relative weight) applies to
+    ``"mini-calibration"`` only."""
+    if category_weights and source != "mini-calibration":
+        raise PromptSourceError(f"category weights apply to the 'mini-calibration' prompts, not {source!r}")
     if source == "builtin":
         return builtin_prompts(n or 256, seed)
     if source == "mini":
         return mini_prompts(n or 256, seed)
+    if source == "mini-calibration":
+        try:
+            return mini_calibration_prompts(n or 256, seed, category_weights)
+        except ValueError as e:  # the split's SceneError: unknown category or bad weight
+            raise PromptSourceError(str(e)) from e
     prompts = prompts_from_file(source, column)
     return prompts[:n] if n else prompts

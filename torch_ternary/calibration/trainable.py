@@ -126,3 +126,22 @@ def export_ternary(model: nn.Module) -> list[str]:
         linear = module.to_linear()
         _set_submodule(model, name, linear.to(module.scale.device))
     return names
+
+
+def export_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """``model`` (ternary linears, e.g. the student before :func:`make_trainable`) with the calibrated
+    weights of ``state`` (``{"<linear>.scale": ..., "<linear>.latent": ..., "<linear>.bias": ...}``, full
+    tensors, as :func:`~.parallel.trainable_state` gathers them), exported exactly as
+    :meth:`TrainableTernaryLinear.to_linear` does. In place; returns ``model``."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and isinstance(m.weight, TernaryTensor)]
+    for name in names:
+        if f"{name}.scale" not in state:
+            continue
+        linear = model.get_submodule(name)
+        trained = TrainableTernaryLinear.from_linear(linear, state.get(f"{name}.latent"))
+        with torch.no_grad():
+            trained.scale.copy_(state[f"{name}.scale"])
+            if f"{name}.bias" in state:
+                trained.bias.copy_(state[f"{name}.bias"])
+        _set_submodule(model, name, trained.to_linear().to(state[f"{name}.scale"].device))
+    return model

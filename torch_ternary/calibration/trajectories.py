@@ -105,7 +105,7 @@ def _shard_tensors(records: list[dict], dtype: torch.dtype) -> dict[str, torch.T
 
 def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_size: int = 16, seed: int = 0,
                         storage_dtype: torch.dtype = torch.float16, resume: bool = True, progress: bool = True,
-                        target=None, **pipe_kwargs) -> Path:
+                        target=None, ranks=None, **pipe_kwargs) -> Path:
     """Run ``pipe`` on ``prompts`` and record every transformer call to sharded safetensors.
 
     Args:
@@ -118,6 +118,9 @@ def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_siz
         progress: show a tqdm bar over shards.
         target: a transformer taking the same inputs (the teacher) whose output is recorded as the
             velocity instead of ``pipe.transformer``'s; ``None`` records ``pipe.transformer``'s own.
+        ranks: a :class:`~.distributed.Ranks` (default: one process). With N ranks, shard ``i`` is
+            recorded by rank ``i % N`` (same files as one process writes); rank 0 writes the manifest
+            (first the settings, at the end every shard), the others wait for it.
         **pipe_kwargs: passed to the pipeline call (steps, guidance, size, ...).
 
     Returns:
@@ -136,6 +139,12 @@ def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_siz
                 or old.get("labelled_by_target", False) != manifest["labelled_by_target"]):
             raise TrajectoryError(f"{out} holds trajectories of other prompts/settings; use another folder or resume=False")
         manifest["shards"] = [s for s in old["shards"] if (out / s["file"]).exists()]
+    from .distributed import Ranks
+
+    ranks = ranks or Ranks()
+    if ranks.distributed:
+        return _record_distributed(pipe, prompts, out, manifest, batch_size, seed, storage_dtype, progress, target,
+                                   ranks, pipe_kwargs)
     done = {s["first_prompt"] for s in manifest["shards"]}
     starts = [i for i in range(0, len(prompts), batch_size) if i not in done]
     recorder = _CallRecorder(target)
@@ -143,19 +152,61 @@ def record_trajectories(pipe, prompts: list[str], out_dir: str | Path, batch_siz
     try:
         desc = "on-policy trajectories" if target is not None else "teacher trajectories"
         for i in tqdm(starts, desc=desc, unit="shard", disable=not progress):
-            batch = prompts[i:i + batch_size]
-            gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
-            recorder.records.clear()
-            with torch.no_grad():
-                pipe(batch, generator=gens, output_type="latent", **pipe_kwargs)
-            tensors = _shard_tensors(recorder.records, storage_dtype)
-            name = f"traj-{i // batch_size:05d}.safetensors"
-            atomic_write(out / name, lambda tmp: save_file(tensors, str(tmp)))
-            manifest["shards"].append({"file": name, "first_prompt": i, "prompts": len(batch),
-                                       "records": int(tensors["timestep"].shape[0])})
+            manifest["shards"].append(_record_shard(pipe, recorder, prompts, i, batch_size, seed, storage_dtype, out,
+                                                    pipe_kwargs))
             atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     finally:
         handle.remove()
+    return out
+
+
+def _record_shard(pipe, recorder, prompts, i, batch_size, seed, storage_dtype, out: Path, pipe_kwargs) -> dict:
+    """Record prompts ``i .. i + batch_size - 1`` into their shard file; returns its manifest entry."""
+    batch = prompts[i:i + batch_size]
+    gens = [torch.Generator("cpu").manual_seed(seed + i + j) for j in range(len(batch))]
+    recorder.records.clear()
+    with torch.no_grad():
+        pipe(batch, generator=gens, output_type="latent", **pipe_kwargs)
+    tensors = _shard_tensors(recorder.records, storage_dtype)
+    name = f"traj-{i // batch_size:05d}.safetensors"
+    atomic_write(out / name, lambda tmp: save_file(tensors, str(tmp)))
+    return {"file": name, "first_prompt": i, "prompts": len(batch), "records": int(tensors["timestep"].shape[0])}
+
+
+def _record_distributed(pipe, prompts, out: Path, manifest: dict, batch_size, seed, storage_dtype, progress, target,
+                        ranks, pipe_kwargs) -> Path:
+    """:func:`record_trajectories` over ranks (see there). A shard already on disk under a manifest of the
+    same settings is kept (resume); the manifest lists every shard once all ranks are done."""
+    from tqdm.auto import tqdm
+
+    manifest_path = out / MANIFEST
+    if ranks.main:  # settings first: a resumed run checks them before trusting the shard files
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    ranks.barrier()
+    listed = {s["first_prompt"] for s in manifest["shards"]}
+    mine = [i for i in range(0, len(prompts), batch_size) if ranks.owns(i // batch_size) and i not in listed
+            and not (out / f"traj-{i // batch_size:05d}.safetensors").exists()]
+    recorder = _CallRecorder(target)
+    handle = pipe.transformer.register_forward_hook(recorder, with_kwargs=True)
+    try:
+        desc = f"{'on-policy' if target is not None else 'teacher'} trajectories, rank {ranks.rank}/{ranks.world}"
+        for i in tqdm(mine, desc=desc, unit="shard", disable=not progress):
+            _record_shard(pipe, recorder, prompts, i, batch_size, seed, storage_dtype, out, pipe_kwargs)
+    finally:
+        handle.remove()
+    ranks.barrier()
+    if ranks.main:
+        from safetensors import safe_open
+
+        entries = []
+        for i in range(0, len(prompts), batch_size):
+            name = f"traj-{i // batch_size:05d}.safetensors"
+            with safe_open(str(out / name), "pt") as f:
+                records = int(f.get_slice("timestep").get_shape()[0])
+            entries.append({"file": name, "first_prompt": i, "prompts": len(prompts[i:i + batch_size]), "records": records})
+        manifest["shards"] = entries
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    ranks.barrier()
     return out
 
 
@@ -193,6 +244,9 @@ class TrajectoryDataset:
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
+
+    #: The kwargs of :meth:`batch` with one row per record (a rank trains on a slice of these).
+    PER_RECORD = ("hidden_states", "timestep", "encoder_hidden_states", "pooled_projections", "guidance")
 
     def batch(self, size: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
         """``(transformer kwargs, teacher velocity)`` for ``size`` records drawn uniformly (one shard per batch)."""

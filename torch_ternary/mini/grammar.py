@@ -333,7 +333,7 @@ def evaluation_prompts(category: str | None = None) -> list[str]:
     return [p for c in CATEGORIES for p in _EVALUATION_PROMPTS[c]]
 
 
-def _meaning_key(request: Request) -> tuple:
+def meaning_key(request: Request) -> tuple:
     """Equal for requests with the same meaning: pairs are unordered, right_of/below are mirrored."""
     if len(request.objects) == 1:
         return ("one", request.objects[0], request.count)
@@ -344,6 +344,9 @@ def _meaning_key(request: Request) -> tuple:
     if request.relation in mirror:
         return ("rel", mirror[request.relation], b, a)
     return ("rel", request.relation, a, b)
+
+
+_meaning_key = meaning_key  # the private name older modules use
 
 
 @functools.cache

@@ -1,0 +1,85 @@
+"""Data-parallel training of a calibration student: DDP for scales only, FSDP2 for QAT (latent weights).
+
+- :func:`wrap` returns what :func:`~.distill.distill` calls forward on: the student itself (one
+  process), ``DistributedDataParallel(student)`` (scales only: the trainable state is ~0.1 % of the
+  model, replicate it), or the student sharded in place by FSDP2 ``fully_shard`` (every block of a
+  Flux transformer, then the root), so that each rank holds ~1/N of the float32 latent weights, their
+  gradients and AdamW's moments.
+- :func:`local_rows` cuts a rank's contiguous part out of the global batch every rank drew.
+- :func:`trainable_state` gathers the full value of every trainable parameter (collective under
+  FSDP2), e.g. for checkpoints and for export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .distributed import DistributedCalibrationError, Ranks, full
+
+#: Block lists sharded one by one under FSDP2 (diffusers Flux transformers); other models: the root only.
+FSDP_BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by FSDP2 ``fully_shard``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def has_latents(model: nn.Module) -> bool:
+    return any(n.endswith(".latent") and p.requires_grad for n, p in model.named_parameters())
+
+
+def wrap(student: nn.Module, ranks: Ranks) -> nn.Module:
+    """The module to train (see the module docstring); one process: ``student`` unchanged."""
+    if not ranks.distributed:
+        return student
+    if has_latents(student):
+        if not is_sharded(student):
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            device = next(student.parameters()).device
+            mesh = init_device_mesh(device.type, (ranks.world,))
+            for name in FSDP_BLOCK_LISTS:
+                for block in getattr(student, name, ()):
+                    fully_shard(block, mesh=mesh)
+            fully_shard(student, mesh=mesh)
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(student.parameters()).device
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def local_rows(kwargs: dict, target: torch.Tensor, per_record: tuple[str, ...], ranks: Ranks) -> tuple[dict, torch.Tensor]:
+    """This rank's contiguous part (:meth:`Ranks.part`) of a global batch.
+
+    Args:
+        kwargs: the model inputs of the global batch; the keys in ``per_record`` have one row per record.
+        target: ``[B, ...]`` targets of the global batch.
+        per_record: which ``kwargs`` are sliced (the rest, e.g. position ids, are shared).
+    """
+    if not ranks.distributed:
+        return kwargs, target
+    b = target.shape[0]
+    if b < ranks.world:
+        raise DistributedCalibrationError(f"a batch of {b} records cannot feed {ranks.world} ranks; use batch_size >= "
+                                          f"{ranks.world} (and shards with at least that many records)")
+    start, stop = ranks.part(b)
+    local = {k: (v[start:stop] if k in per_record and isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    return local, target[start:stop]
+
+
+def trainable_state(student: nn.Module) -> dict[str, torch.Tensor]:
+    """``{name: full tensor}`` of every trainable parameter, in ``named_parameters`` order (collective under
+    FSDP2: every rank must call it)."""
+    return {n: full(p.detach()) for n, p in student.named_parameters() if p.requires_grad}
+
+
+def check_supported(student: nn.Module, ranks: Ranks) -> None:
+    """Refuse layouts the parallel paths do not handle, before any work is done."""
+    if ranks.distributed and not any(p.requires_grad for p in student.parameters()):
+        raise DistributedCalibrationError("nothing to train: make the student trainable first (make_trainable)")
