@@ -7,7 +7,8 @@ mini-calibration prompts, GPTQ layer-wise calibration, ``--steps`` QAT distillat
 recipe's global batch of 32, FSDP2 on 2 ranks) with ``torch-ternary calibrate`` under
 ``torchrun --standalone``, in a fresh workdir, one after the other; the wall time of each whole job
 (start-up included) and of each phase (rank 0's log) are recorded. Run it with nothing else on the
-cores. Writes ``benchmarks/results/calibration_scaling.json``.
+cores. Writes ``calibration_scaling.json`` in the results folder. (Not yet run: the session that wrote
+it had no quiet cores left; docs/calibration.md says so.)
 """
 
 from __future__ import annotations
