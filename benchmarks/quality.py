@@ -134,7 +134,7 @@ def main() -> None:
     ternary_names = [n for n in results if n != "fp"]
     if ternary_names:
         best = max(ternary_names, key=lambda n: results[n]["overall"])
-        rows = sorted({prompts.index(p) for p in prompts if [q for q in prompts if category_of(q) == category_of(p)].index(p) < 2})
+        rows = [i for c in CATEGORIES for i in [j for j, p in enumerate(prompts) if category_of(p) == c][:2]]
         png = grid(images["fp"], images[best], prompts, len(seeds), rows)
         from PIL import Image
 

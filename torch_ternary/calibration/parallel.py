@@ -78,8 +78,3 @@ def trainable_state(student: nn.Module) -> dict[str, torch.Tensor]:
     FSDP2: every rank must call it)."""
     return {n: full(p.detach()) for n, p in student.named_parameters() if p.requires_grad}
 
-
-def check_supported(student: nn.Module, ranks: Ranks) -> None:
-    """Refuse layouts the parallel paths do not handle, before any work is done."""
-    if ranks.distributed and not any(p.requires_grad for p in student.parameters()):
-        raise DistributedCalibrationError("nothing to train: make the student trainable first (make_trainable)")

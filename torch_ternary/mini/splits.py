@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from .grammar import all_requests, caption, evaluation_prompts, meaning_key, parse
+from .grammar import all_requests, caption, category_probabilities, evaluation_prompts, meaning_key, parse
 from .world import CATEGORIES, SceneError
 
 #: The categories that have meanings outside the evaluation set.
@@ -93,13 +93,12 @@ def calibration_captions(n: int, seed: int = 0, category_weights: dict[str, floa
     unknown = set(weights) - set(SPLIT_CATEGORIES)
     if unknown:
         raise SceneError(f"unknown or unsplit categories {sorted(unknown)}; expected some of {SPLIT_CATEGORIES}")
-    w = np.array([float(weights.get(c, 1.0)) for c in SPLIT_CATEGORIES])
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise SceneError(f"category weights must be finite, >= 0 and not all 0, got {weights}")
+    # the training sampler's checked weights, with the unsplit categories (no calibration meaning) at 0
+    probs = category_probabilities({**{c: 0.0 for c in CATEGORIES if c not in SPLIT_CATEGORIES}, **weights})
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        groups = calibration_meanings(SPLIT_CATEGORIES[int(rng.choice(len(w), p=w / w.sum()))])
+        groups = calibration_meanings(CATEGORIES[int(rng.choice(len(probs), p=probs))])
         group = groups[int(rng.integers(len(groups)))]
         out.append(group[int(rng.integers(len(group)))])
     return out
