@@ -1,14 +1,14 @@
 """CPU scaling of distributed calibration on Mini FLUX: 2 ranks x 1 thread vs 1 rank x 1 thread vs 1 rank x 2 threads.
 
-    python benchmarks/calibration_scaling.py [--prompts 64] [--steps 60]
+    python benchmarks/calibration_scaling.py [--prompts 64] [--steps 60] [--repeats 1]
 
 Each configuration runs the shipped recipe's phases, shrunk (teacher trajectories of ``--prompts``
-mini-calibration prompts, GPTQ layer-wise calibration, ``--steps`` QAT distillation steps at the
-recipe's global batch of 32, FSDP2 on 2 ranks) with ``torch-ternary calibrate`` under
-``torchrun --standalone``, in a fresh workdir, one after the other; the wall time of each whole job
-(start-up included) and of each phase (rank 0's log) are recorded. Run it with nothing else on the
-cores. Writes ``calibration_scaling.json`` in the results folder. (Not yet run: the session that wrote
-it had no quiet cores left; docs/calibration.md says so.)
+prompts of the recipe's ``mini`` sampler, GPTQ layer-wise calibration, ``--steps`` QAT distillation
+steps at the recipe's global batch of 32, FSDP2 on 2 ranks) with ``torch-ternary calibrate`` under
+``torchrun --standalone``, in a fresh workdir, one after the other (``--repeats`` rounds of the three,
+in turn); the wall time of each whole job (start-up included) and of each phase (rank 0's summary) are
+recorded, and the ratios use the median over rounds. Run it with nothing else on the cores. Writes
+``calibration_scaling.json`` in the results folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +34,7 @@ def run(nproc: int, threads: int, workdir: Path, prompts: int, steps: int) -> di
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     cli = str(Path(sys.executable).with_name("torch-ternary"))
     cmd = [torchrun, "--standalone", "--nproc-per-node", str(nproc), "--no-python", cli, "calibrate",
-           "--pipeline", "mini", "--method", "distill_qat", "--gptq-init", "--prompts", "mini-calibration",
+           "--pipeline", "mini", "--method", "distill_qat", "--gptq-init", "--prompts", "mini",
            "--num-prompts", str(prompts), "--steps", str(steps), "--workdir", str(workdir / "w"),
            "--out", str(workdir / "out.safetensors")]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
@@ -50,12 +51,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
+    runs = {name: [] for name, _, _ in CONFIGS}
+    for _ in range(args.repeats):
+        for name, nproc, threads in CONFIGS:
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(run(nproc, threads, Path(tmp), args.prompts, args.steps))
+            print(name, json.dumps(runs[name][-1]), flush=True)
     rows = {}
     for name, nproc, threads in CONFIGS:
-        with tempfile.TemporaryDirectory() as tmp:
-            rows[name] = {"ranks": nproc, "threads_per_rank": threads, **run(nproc, threads, Path(tmp), args.prompts, args.steps)}
-        print(name, json.dumps(rows[name]), flush=True)
+        rows[name] = {"ranks": nproc, "threads_per_rank": threads, "wall_seconds": median(r["wall_seconds"] for r in runs[name]),
+                      "phase_seconds": {k: median(r["phase_seconds"][k] for r in runs[name]) for k in runs[name][0]["phase_seconds"]},
+                      "runs": runs[name]}
     base = rows["1 rank x 1 thread"]
     for row in rows.values():
         row["wall_vs_1x1"] = round(row["wall_seconds"] / base["wall_seconds"], 3)
@@ -64,7 +72,7 @@ def main() -> None:
     two = rows["2 ranks x 1 thread"]
     print(f"2 ranks x 1 thread: {two['wall_vs_1x1']:.2f}x the wall time of 1 x 1 (goal <= 0.6); "
           f"1 rank x 2 threads: {rows['1 rank x 2 threads']['wall_vs_1x1']:.2f}x")
-    path = write_results("calibration_scaling", {"prompts": args.prompts, "distill_steps": args.steps,
+    path = write_results("calibration_scaling", {"prompts": args.prompts, "distill_steps": args.steps, "repeats": args.repeats,
                                                  "batch_size": 32, "method": "distill_qat --gptq-init", "rows": rows})
     print(f"wrote {path}")
 

@@ -4,6 +4,7 @@
     python benchmarks/quality.py --ternary qat=runs/calib/qat.safetensors ...   # add calibrated files
     python benchmarks/quality.py --split validation --no-ptq --no-shipped --ternary a=... --ternary b=...
                                                        # choose between recipes (validation captions, seeds 100-111)
+    python benchmarks/quality.py --no-ptq --ternary b=... --vs shipped_ternary    # b against the shipped model
 
 Every model generates the same images with the same sampler, and the exact evaluator judges each one:
 ``--split evaluation`` (default) the project's 72 evaluation prompts, never used in training or
@@ -81,6 +82,9 @@ def main() -> None:
                         help="a calibrated ternary transformer file to score (repeatable)")
     parser.add_argument("--no-ptq", action="store_true", help="skip the absmean PTQ variants")
     parser.add_argument("--out", default="quality_mini", help="results name (benchmarks/results/<out>.json)")
+    parser.add_argument("--vs", default=None, metavar="NAME",
+                        help="also rate every other ternary model against model NAME (ratio, paired 95 %% interval) "
+                             "and give NAME's score its own 95 %% interval")
     args = parser.parse_args()
     seeds = args.seeds or DEFAULT_SEEDS[args.split]
     if args.split == "validation" and any(s < 100 for s in seeds):
@@ -113,6 +117,8 @@ def main() -> None:
             set_activations(t8, "int8")
             models[f"{name}_int8"] = (with_transformer(fp, t8), {**info, "activations": "int8"})
 
+    if args.vs is not None and (args.vs == "fp" or args.vs not in models):
+        parser.error(f"--vs {args.vs}: not a ternary model of this run (have {', '.join(m for m in models if m != 'fp')})")
     results, images, hits = {}, {}, {}
     for name, (pipe, info) in models.items():
         t0 = time.time()
@@ -130,6 +136,14 @@ def main() -> None:
         ci = res.get("interval")
         band = f" [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]" if ci else ""
         print(f"{name:18s} overall {res['overall']:.3f} ({100 * res['relative_to_fp']:.1f} % of FP{band})  {cats}", flush=True)
+
+    if args.vs is not None:
+        ref = hits[args.vs]
+        results[args.vs]["score_interval"] = ratio_interval(np.ones_like(ref), ref, prompts)  # score(NAME) / 1
+        for name in results:
+            if name not in ("fp", args.vs):
+                results[name][f"vs_{args.vs}"] = ci = ratio_interval(ref, hits[name], prompts)
+                print(f"{name:18s} {100 * ci['ratio']:.1f} % of {args.vs} [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]")
 
     ternary_names = [n for n in results if n != "fp"]
     if ternary_names:

@@ -1,13 +1,16 @@
 """One rank of the distributed calibration tests (tests/calibration/test_distributed.py runs it under torchrun).
 
     torchrun --standalone --nproc-per-node N tests/calibration/distributed_worker.py OUT [--steps S] [--kill-at K]
+        [--only scales|qat] [--float64] [--threads T]
 
-Every rank builds the same seeded, untrained Mini FLUX, records teacher trajectories into ``OUT/traj``,
+Every rank loads the shipped full-precision Mini FLUX, records teacher trajectories into ``OUT/traj``,
 runs GPTQ layer-wise calibration and then 20 distillation steps twice (scales only: DDP; QAT: FSDP2),
 with a global batch of 5 (which 2 ranks do not divide). Rank 0 writes the results to ``OUT``:
 ``layerwise.safetensors``, ``scales.safetensors``, ``qat.safetensors`` (full trainable tensors and the
 exported codes), and every rank ``shard_<rank>.json`` (how much of the QAT state it holds).
 ``--kill-at K``: rank 1 SIGKILLs itself when it draws its K-th QAT batch (after a checkpoint).
+``--float64``: the distillation runs on a float64 copy of the student and float64 inputs (the same algorithm
+with float rounding out of the way). ``--threads T``: intra-op threads a rank (another float rounding).
 """
 
 import argparse
@@ -31,7 +34,7 @@ from torch_ternary.calibration.distributed import ranks_from_env
 from torch_ternary.calibration.layerwise import layerwise_calibrate
 from torch_ternary.calibration.parallel import trainable_state
 from torch_ternary.calibration.trainable import export_from_state, make_trainable
-from torch_ternary.mini.pipeline import build_pipeline
+from torch_ternary.mini import load_pipeline
 from torch_ternary.quantization import quantize_
 from torch_ternary.quantization.config import TernaryConfig
 
@@ -45,12 +48,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--only", choices=["scales", "qat"], default=None)
+    parser.add_argument("--float64", action="store_true", help="distil a float64 student (latents, scales, inputs)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads a rank (changes float rounding)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     ranks = ranks_from_env("cpu")
     out = Path(args.out)
     torch.manual_seed(0)
-    pipe = build_pipeline()
+    pipe = load_pipeline()  # the shipped full-precision model: calibration's real starting point
     pipe.set_progress_bar_config(disable=True)
     teacher = pipe.transformer
     folder = record_trajectories(pipe, PROMPTS, out / "traj", batch_size=2, progress=False, ranks=ranks,
@@ -69,6 +74,9 @@ def main() -> int:
     for method in ("scales", "qat") if args.only is None else (args.only,):
         s = copy.deepcopy(student)
         make_trainable(s, latent_from=teacher if method == "qat" else None)
+        if args.float64:  # the same algorithm with float rounding out of the way (QAT only: STE in plain torch)
+            torch.nn.Module.to(s, torch.float64)  # diffusers refuses .to(dtype) on a quantized model
+            data = TrajectoryDataset(folder, dtype=torch.float64)
         if args.kill_at and method == "qat" and ranks.rank == 1:
             draw, calls = data.batch, [0]
 

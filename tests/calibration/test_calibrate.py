@@ -73,6 +73,8 @@ def test_every_method_gives_a_standard_ternary_transformer(tmp_path, pipe, metho
 def test_inplace_and_config_errors(tmp_path, pipe):
     with pytest.raises(TernaryConfigError):
         CalibrationConfig(method="magic")
+    with pytest.raises(TernaryConfigError, match="trajectory_batch"):
+        CalibrationConfig(trajectory_batch=0)
     with pytest.raises(TernaryConfigError, match="per-channel"):
         CalibrationConfig(method="layerwise", ternary=__import__("torch_ternary").TernaryConfig(granularity="per_tensor"))
     with pytest.raises(TernaryConfigError, match="inplace"):

@@ -91,6 +91,8 @@ class CalibrationConfig:
             raise TernaryConfigError("layer-wise calibration computes per-channel scales; use granularity='per_channel'")
         if self.gptq_init and not (self.method.startswith("distill") and self.layerwise_init):
             raise TernaryConfigError("gptq_init applies to distill methods with layerwise_init=True")
+        if self.trajectory_batch < 1:
+            raise TernaryConfigError(f"trajectory_batch must be >= 1, got {self.trajectory_batch}")
         if self.on_policy_prompts < 0 or self.on_policy_steps < 0:
             raise TernaryConfigError("on_policy_prompts and on_policy_steps must be >= 0")
         if not self.on_policy_lr_factor > 0:

@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
                    help="relative weights of the mini-calibration categories, e.g. color_attr=2,position=2 (default uniform)")
     c.add_argument("--prompt-seed", type=int, default=0, help="seed of generated prompts (default 0)")
     c.add_argument("--sampling-steps", type=int, default=None, help="teacher sampling steps (default: the pipeline's)")
+    c.add_argument("--trajectory-batch", type=int, default=16,
+                   help="prompts per teacher sampling call and per trajectory shard (default 16; lower it to fit memory)")
     c.add_argument("--steps", type=int, default=2000, help="distillation steps (default 2000)")
     c.add_argument("--batch-size", type=int, default=32, help="trajectory records per distillation step (default 32)")
     c.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of latent weights (QAT)")
@@ -106,7 +108,8 @@ def cmd_calibrate(args) -> int:
     pipe.set_progress_bar_config(disable=True)
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
-        method=args.method, pipe_kwargs=pipe_kwargs, layerwise_init=not args.no_layerwise_init,
+        method=args.method, pipe_kwargs=pipe_kwargs, trajectory_batch=args.trajectory_batch,
+        layerwise_init=not args.no_layerwise_init,
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         on_policy_lr_factor=args.on_policy_lr_factor,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
@@ -121,6 +124,7 @@ def cmd_calibrate(args) -> int:
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
                "prompt_seed": args.prompt_seed, "category_weights": _weights(args.category_weights), "ranks": ranks.world,
+               "trajectory_batch": cfg.trajectory_batch,
                "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init,
                "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps,
                                                   "lr_factor": cfg.on_policy_lr_factor}, "losses": result.losses}
