@@ -64,6 +64,8 @@ def main() -> int:
     student = copy.deepcopy(teacher)
     quantize_(student, TernaryConfig())
     layerwise_calibrate(student, teacher, _replay(data, 24, 4, ranks), gptq=True, ranks=ranks)
+    if args.float64:  # distillation inputs in float64 (layer-wise above ran on the float32 student)
+        data = TrajectoryDataset(folder, dtype=torch.float64)
     if ranks.main:
         save_file({f"{n}.{k}": v.detach().contiguous() for n, m in student.named_modules()
                    if isinstance(m, torch.nn.Linear) and isinstance(m.weight, TernaryTensor)
@@ -76,7 +78,6 @@ def main() -> int:
         make_trainable(s, latent_from=teacher if method == "qat" else None)
         if args.float64:  # the same algorithm with float rounding out of the way (QAT only: STE in plain torch)
             torch.nn.Module.to(s, torch.float64)  # diffusers refuses .to(dtype) on a quantized model
-            data = TrajectoryDataset(folder, dtype=torch.float64)
         if args.kill_at and method == "qat" and ranks.rank == 1:
             draw, calls = data.batch, [0]
 
