@@ -7,7 +7,9 @@ Two modes, both ending in the standard ternary format (:meth:`TrainableTernaryLi
   12 B transformer on one GPU.
 * **latent weights (QAT)**: a float32 latent weight ``W`` is trained through a straight-through
   estimator (LSQ): ``W_hat = s * round_ste(clip(W / s, -1, 1))``. Gradients reach ``W`` inside
-  the clip range and ``s`` through both the rounding residual and the clipped entries.
+  the clip range and ``s`` through both the rounding residual and the clipped entries. The op
+  ``torch_ternary::ste_weight`` computes it in one pass each way (:mod:`torch_ternary.ops.ste_weight`; compiled
+  on the CPU for float32).
 """
 
 from __future__ import annotations
@@ -26,17 +28,15 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def ste_ternary_weight(latent: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``s * round_ste(clip(W / s, -1, 1))``.
+    """``s * round_ste(clip(W / s, -1, 1))`` (the op ``torch_ternary::ste_weight``: the same values and gradients).
 
     Args:
-        latent: float32 ``[N, K]``. scale: float32 ``[S_n, S_k]`` (positive). group_size: ``G``.
+        latent: float32 (or float64) ``[N, K]``. scale: the same dtype, ``[S_n, S_k]`` (positive). group_size: ``G``.
 
     Returns:
-        float32 ``[N, K]`` with values in {-s, 0, s}, differentiable w.r.t. both inputs.
+        ``latent.dtype`` ``[N, K]`` with values in {-s, 0, s}, differentiable w.r.t. both inputs.
     """
-    n, k = latent.shape
-    s = expand_scale(scale, n, k, group_size)
-    return s * round_ste(torch.clamp(latent / s, -1.0, 1.0))
+    return torch.ops.torch_ternary.ste_weight(latent, scale, group_size)
 
 
 class TrainableTernaryLinear(nn.Module):

@@ -2,7 +2,8 @@
 
 - :mod:`.ternary_linear`: ``unpack``, ``dequantize``, ``linear`` (16-bit activations) and the two
   backward ops ``linear_grad_input`` / ``linear_grad_scale``;
-- :mod:`.ternary_linear_a8`: ``linear_a8`` (per-token 8-bit activations, W1.58A8).
+- :mod:`.ternary_linear_a8`: ``linear_a8`` (per-token 8-bit activations, W1.58A8);
+- :mod:`.ste_weight`: ``ste_weight`` / ``ste_weight_backward`` (calibration's QAT weight, straight-through).
 
 Importing this package registers every op (``torch.ops.torch_ternary.*``). The CUDA kernels of
 :mod:`torch_ternary.kernels` replace the CUDA registrations when they can run.
@@ -10,6 +11,7 @@ Importing this package registers every op (``torch.ops.torch_ternary.*``). The C
 
 from __future__ import annotations
 
+from . import ste_weight as _ste_weight_module  # noqa: F401  (registers the QAT weight ops)
 from . import ternary_linear, ternary_linear_a8  # noqa: F401  (registers every op; the modules, as attributes)
 from .ternary_linear import dequantize, linear, linear_grad_input, linear_grad_scale, unpack
 from .ternary_linear_a8 import linear_a8

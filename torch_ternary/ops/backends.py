@@ -24,7 +24,8 @@ import torch
 
 DEVICE_TYPES = ("cpu", "cuda")
 #: the ops :mod:`torch_ternary.kernels.cpu` implements
-CPU_KERNEL_OPS = ("linear", "linear_a8", "dequantize", "unpack", "linear_grad_input", "linear_grad_scale")
+CPU_KERNEL_OPS = ("linear", "linear_a8", "dequantize", "unpack", "linear_grad_input", "linear_grad_scale", "ste_weight",
+                  "ste_weight_backward")
 _DISPATCH_KEYS = ("CPU", "CUDA")
 _LIBRARY = torch.library.Library("torch_ternary", "IMPL")  # kept alive: it holds the routers' registrations
 _reference: dict[str, Callable] = {}

@@ -3,7 +3,9 @@
 The C++ source is ``ternary_cpu.cpp`` next to this file (its header documents the layout, the decode in
 registers, the blocking and the threads). :func:`install` (called by ``import torch_ternary``) makes these
 functions the CPU implementation of ``torch_ternary::linear``, ``linear_a8``, ``dequantize``, ``unpack``,
-``linear_grad_input`` and ``linear_grad_scale`` (:mod:`torch_ternary.ops.backends`), so eager calls and
+``linear_grad_input`` and ``linear_grad_scale`` (:mod:`torch_ternary.ops.backends`), and, from ``ste_cpu.cpp``
+(built into the same extension), of calibration's QAT weight ``ste_weight`` / ``ste_weight_backward`` (float32;
+other dtypes keep the reference), so eager calls and
 ``torch.compile`` graphs reach them. ``import torch_ternary`` imports none of this: the first CPU call of an op
 imports this module and installs it. Nothing is compiled at import: the first CPU call builds the source
 with ``torch.utils.cpp_extension`` (ninja, the machine's C++ compiler; about 30 s) into a cache keyed by
@@ -48,6 +50,8 @@ from ...ops import ternary_linear_a8 as ops_a8
 from ..loader import KernelLoadError
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
+#: the QAT weight kernels, compiled into the same extension (``SOURCE`` binds them)
+STE_SOURCE = Path(__file__).with_name("ste_cpu.cpp")
 #: flags of the build (part of the cache key)
 CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
@@ -82,8 +86,8 @@ def cache_dir() -> Path:
 
 
 def build_key() -> str:
-    """The cache key: a hash of the source text, the torch version and the flags."""
-    text = SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS + LDFLAGS).encode()
+    """The cache key: a hash of the sources' text, the torch version and the flags."""
+    text = SOURCE.read_bytes() + STE_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS + LDFLAGS).encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -116,7 +120,7 @@ def load():
                 key = build_key()
                 folder = cache_dir() / key
                 folder.mkdir(parents=True, exist_ok=True)
-                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(SOURCE), str(STE_SOURCE)], extra_cflags=list(CFLAGS),
                                    extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=False)
             except Exception as exc:  # no compiler, no ninja, a compile error: the reference keeps working
                 _failure = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
@@ -306,8 +310,41 @@ def linear_grad_scale_cpu(grad_out, x, packed, scale, in_features, group_size):
     return ds.sum().reshape(1, 1) if scale.shape[0] == 1 else ds.reshape(n, 1)
 
 
+def _ste_path(latent: torch.Tensor) -> str:
+    return choose(0, True) if latent.dtype == torch.float32 else REFERENCE
+
+
+def ste_weight_cpu(latent, scale, group_size):
+    """CPU implementation of ``torch_ternary::ste_weight`` (:mod:`torch_ternary.ops.ste_weight`; ``latent`` float
+    ``[N, K]``, ``scale`` ``[S_n, S_k]``): float32 in C++, bit-identical with the reference; other dtypes by it."""
+    from ...ops import ste_weight as ste
+
+    ste.check_ste_args(latent, scale, group_size)
+    path = _ste_path(latent)
+    STATS[f"ste_weight:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("ste_weight")(latent, scale, group_size)
+    return _module.ste_forward(latent.contiguous(), scale.contiguous(), group_size, path in ("amx", "avx512"))
+
+
+def ste_weight_backward_cpu(grad, latent, scale, group_size):
+    """CPU implementation of ``torch_ternary::ste_weight_backward``: ``(dL/dW [N, K], dL/ds [S_n, S_k])`` from
+    ``grad`` ``[N, K]``; float32 in C++ (``dL/dW`` bit-identical, ``dL/ds`` summed in float64)."""
+    from ...ops import ste_weight as ste
+
+    ste.check_ste_args(latent, scale, group_size)
+    path = _ste_path(latent) if grad.shape == latent.shape else REFERENCE  # (the reference raises the shape error)
+    STATS[f"ste_weight_backward:{path}"] += 1
+    if path == REFERENCE:
+        return backends.reference("ste_weight_backward")(grad, latent, scale, group_size)
+    grad_latent, grad_scale = _module.ste_backward(grad.to(torch.float32).contiguous(), latent.contiguous(),
+                                                   scale.contiguous(), group_size, True, path in ("amx", "avx512"))
+    return grad_latent, grad_scale
+
+
 _IMPLS = {"linear": linear_cpu, "linear_a8": linear_a8_cpu, "dequantize": dequantize_cpu, "unpack": unpack_cpu,
-          "linear_grad_input": linear_grad_input_cpu, "linear_grad_scale": linear_grad_scale_cpu}
+          "linear_grad_input": linear_grad_input_cpu, "linear_grad_scale": linear_grad_scale_cpu,
+          "ste_weight": ste_weight_cpu, "ste_weight_backward": ste_weight_backward_cpu}
 assert tuple(_IMPLS) == backends.CPU_KERNEL_OPS
 
 

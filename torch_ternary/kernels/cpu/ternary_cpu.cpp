@@ -971,8 +971,15 @@ torch::Tensor ternary_dequantize(const torch::Tensor& packed, const torch::Tenso
   return out;
 }
 
+// ste_cpu.cpp (same extension): the QAT weight and its straight-through gradient
+torch::Tensor ste_forward(const torch::Tensor& latent, const torch::Tensor& scale, int64_t G, bool vec);
+std::vector<torch::Tensor> ste_backward(const torch::Tensor& grad, const torch::Tensor& latent, const torch::Tensor& scale,
+                                        int64_t G, bool need_latent, bool vec);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isas", &cpu_isas, "the instruction sets this CPU runs, best first");
   m.def("ternary_linear", &ternary_linear, "ternary linear from 2-bit packed weights (see the file header)");
   m.def("ternary_dequantize", &ternary_dequantize, "rows [n0, n1) of scale * q (or q as int8), natural order");
+  m.def("ste_forward", &ste_forward, "the ternary weight of a float32 QAT latent (ste_cpu.cpp)");
+  m.def("ste_backward", &ste_backward, "the straight-through gradients of ste_forward (ste_cpu.cpp)");
 }
