@@ -29,7 +29,7 @@ from common import write_results  # noqa: E402
 
 from torch_ternary.calibration import DistillConfig, trainable  # noqa: E402
 from torch_ternary.calibration.distill import _optimizer  # noqa: E402
-from torch_ternary.ops.ste_weight import expand  # noqa: E402
+from torch_ternary.quantization.absmean import expand_scale  # noqa: E402
 
 #: (N, K) of the weights: Mini FLUX's commonest linears, then FLUX.1-dev's
 SHAPES = {"mini 256x256": (256, 256), "mini 1536x256 (AdaLN)": (1536, 256), "mini 256x1280": (256, 1280),
@@ -38,10 +38,8 @@ SHAPES = {"mini 256x256": (256, 256), "mini 1536x256 (AdaLN)": (1536, 256), "min
 
 def autograd_formula(latent: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
     """What ``ste_ternary_weight`` computed before the op: ``s * round_ste(clip(W / s, -1, 1))`` through autograd."""
-    n, k = latent.shape
-    s = expand(scale, n, k, group_size)
-    v = torch.clamp(latent / s, -1.0, 1.0)
-    return s * (v + (torch.round(v) - v).detach())
+    s = expand_scale(scale, *latent.shape, group_size)
+    return s * trainable.round_ste(torch.clamp(latent / s, -1.0, 1.0))
 
 
 def op(latent: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Each scenario launches ``torchrun --standalone`` in a subprocess, as a user would, on the shipped
 full-precision Mini FLUX. Measured on the 2-core CI machine (torch 2.13): trajectories and layer-wise
 results bit-identical; after 20 steps, scales-only (DDP) scales within 1.2e-6 relative, QAT (FSDP2)
-latent weights within 7.1e-6, scales within 8.7e-5 and codes 99.9987 % equal; with a float64 student,
+latent weights within 4.7e-6, scales within 3.6e-5 and codes 99.9990 % equal; with a float64 student,
 QAT latents and scales within 1e-14 and codes equal.
 """
 

@@ -9,17 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from torch_ternary.calibration.trainable import round_ste
 from torch_ternary.errors import TernaryConfigError
 from torch_ternary.ops import backends
-from torch_ternary.ops import ste_weight as ste
+from torch_ternary.quantization.absmean import expand_scale
 
 
 def textbook(latent: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
     """``s * round_ste(clip(W / s, -1, 1))`` through autograd (the definition the op implements)."""
-    n, k = latent.shape
-    s = ste.expand(scale, n, k, group_size)
-    v = torch.clamp(latent / s, -1.0, 1.0)
-    return s * (v + (torch.round(v) - v).detach())
+    s = expand_scale(scale, *latent.shape, group_size)
+    return s * round_ste(torch.clamp(latent / s, -1.0, 1.0))
 
 
 def make_case(n, k, granularity, group, seed, dtype=torch.float64):

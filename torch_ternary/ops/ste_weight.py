@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TernaryConfigError
+from ..quantization.absmean import expand_scale, reduce_to_granules
 from . import backends as _backends
 
 _DEVICES = ("cpu", "cuda")
@@ -42,30 +43,12 @@ def check_ste_args(latent: Tensor, scale: Tensor, group_size: int) -> None:
         raise TernaryConfigError(f"ste_weight: latent on {latent.device}, scale on {scale.device}")
 
 
-def expand(scale: Tensor, n: int, k: int, group_size: int) -> Tensor:
-    """``scale`` ``[S_n, S_k]`` broadcast to ``[N, K]`` (a view unless there are several groups a row)."""
-    if scale.shape[1] > 1:
-        scale = scale.repeat_interleave(group_size, dim=1)[:, :k]
-    return scale.expand(n, k)
-
-
-def reduce_granules(values: Tensor, scale_shape: tuple[int, int], group_size: int) -> Tensor:
-    """Per-granule sums of ``values`` ``[N, K]``: ``[S_n, S_k]`` (``S_n == 1``: over rows too)."""
-    n, k = values.shape
-    groups = scale_shape[1]
-    if groups > 1:
-        values = torch.nn.functional.pad(values, (0, groups * group_size - k)).reshape(n, groups, group_size).sum(2)
-    else:
-        values = values.sum(1, keepdim=True)
-    return values.sum(0, keepdim=True) if scale_shape[0] == 1 else values
-
-
 @torch.library.custom_op("torch_ternary::ste_weight", mutates_args=(), device_types=_DEVICES)
 def ste_weight(latent: Tensor, scale: Tensor, group_size: int) -> Tensor:
     """``s * clip(round(W / s), -1, 1)``: ``latent.dtype`` ``[N, K]`` (see the module docstring)."""
     check_ste_args(latent, scale, group_size)
     n, k = latent.shape
-    s = expand(scale, n, k, group_size)
+    s = expand_scale(scale, n, k, group_size)
     return torch.div(latent, s).round_().clamp_(-1, 1).mul_(s)
 
 
@@ -82,12 +65,12 @@ def ste_weight_backward(grad: Tensor, latent: Tensor, scale: Tensor, group_size:
     if grad.shape != latent.shape:
         raise TernaryConfigError(f"ste_weight_backward: grad {tuple(grad.shape)} != latent {tuple(latent.shape)}")
     n, k = latent.shape
-    r = torch.div(latent, expand(scale, n, k, group_size))
+    r = torch.div(latent, expand_scale(scale, n, k, group_size))
     inside = r.abs() <= 1
     grad = grad.to(latent.dtype)
     grad_latent = torch.where(inside, grad, 0)
     q = torch.round(r).clamp_(-1, 1)
-    grad_scale = reduce_granules(grad * (q - r * inside), tuple(scale.shape), group_size)
+    grad_scale = reduce_to_granules(grad * (q - r * inside), tuple(scale.shape), group_size)
     return grad_latent, grad_scale
 
 

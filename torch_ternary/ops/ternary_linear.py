@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..format import packing
 from . import backends as _backends
-from ..quantization.absmean import dequantize_codes, num_groups
+from ..quantization.absmean import dequantize_codes, num_groups, reduce_to_granules
 
 #: Most unpacked weights a reference kernel materializes at once (4 Mi: 8 MB in bf16).
 CHUNK_ELEMENTS = 1 << 22
@@ -150,15 +150,7 @@ def reduce_to_scale(grad_weight: Tensor, codes: Tensor, scale_shape: tuple[int, 
     Returns:
         float32 ``[rows or 1, S_k]``.
     """
-    rows, k = codes.shape
-    prod = grad_weight.float() * codes.float()
-    groups = scale_shape[1]
-    if groups > 1:
-        prod = torch.nn.functional.pad(prod, (0, groups * group_size - k)).reshape(rows, groups, group_size)
-        prod = prod.sum(dim=2)
-    else:
-        prod = prod.sum(dim=1, keepdim=True)
-    return prod.sum(dim=0, keepdim=True) if scale_shape[0] == 1 else prod
+    return reduce_to_granules(grad_weight.float() * codes.float(), scale_shape, group_size)
 
 
 def _dequantize_setup(ctx, inputs, output):

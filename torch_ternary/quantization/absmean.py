@@ -130,6 +130,26 @@ def expand_scale(scale: torch.Tensor, out_features: int, in_features: int, group
     return full.expand(out_features, in_features)
 
 
+def reduce_to_granules(values: torch.Tensor, scale_shape: tuple[int, int], group_size: int) -> torch.Tensor:
+    """Per-granule sums of per-weight ``values`` (the inverse of :func:`expand_scale`'s broadcast, for gradients).
+
+    Args:
+        values: float ``[rows, K]`` (summed in its dtype).
+        scale_shape: ``(S_n, S_k)``; ``S_n == 1`` sums over rows too.
+        group_size: ``G``.
+
+    Returns:
+        ``values.dtype`` ``[rows or 1, S_k]``.
+    """
+    rows, k = values.shape
+    groups = scale_shape[1]
+    if groups > 1:
+        values = torch.nn.functional.pad(values, (0, groups * group_size - k)).reshape(rows, groups, group_size).sum(dim=2)
+    else:
+        values = values.sum(dim=1, keepdim=True)
+    return values.sum(dim=0, keepdim=True) if scale_shape[0] == 1 else values
+
+
 def ternary_codes(weight: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
     """Codes ``q = clip(round(W / s), -1, 1)``.
 

@@ -338,7 +338,7 @@ def ste_weight_backward_cpu(grad, latent, scale, group_size):
     if path == REFERENCE:
         return backends.reference("ste_weight_backward")(grad, latent, scale, group_size)
     grad_latent, grad_scale = _module.ste_backward(grad.to(torch.float32).contiguous(), latent.contiguous(),
-                                                   scale.contiguous(), group_size, True, path in ("amx", "avx512"))
+                                                   scale.contiguous(), group_size, path in ("amx", "avx512"))
     return grad_latent, grad_scale
 
 

@@ -53,7 +53,7 @@ void bwd_rows_scalar(const float* g, const float* W, const float* S, int64_t S_n
       const float r = W[n * K + k] / srow[j];
       const bool inside = std::fabs(r) <= 1.f;
       const float gi = g[n * K + k];
-      if (gw) gw[n * K + k] = inside ? gi : 0.f;
+      gw[n * K + k] = inside ? gi : 0.f;
       partial[n * S_k + j] += double(gi * (clamp_round(r) - (inside ? r : 0.f)));
     }
   }
@@ -99,7 +99,7 @@ void bwd_rows_avx512(const float* g, const float* W, const float* S, int64_t S_n
       const __m512 r = _mm512_div_ps(_mm512_maskz_loadu_ps(m, W + n * K + k), s);
       const __m512 gi = _mm512_maskz_loadu_ps(m, g + n * K + k);
       const __mmask16 inside = _mm512_cmp_ps_mask(_mm512_and_ps(r, absmask), _mm512_set1_ps(1.f), _CMP_LE_OQ);
-      if (gw) _mm512_mask_storeu_ps(gw + n * K + k, m, _mm512_maskz_mov_ps(inside, gi));
+      _mm512_mask_storeu_ps(gw + n * K + k, m, _mm512_maskz_mov_ps(inside, gi));
       const __m512 t = _mm512_sub_ps(clamp_round16(r), _mm512_maskz_mov_ps(inside, r));
       acc = _mm512_add_ps(acc, _mm512_mul_ps(gi, t));
     }
@@ -121,14 +121,14 @@ torch::Tensor ste_forward(const torch::Tensor& latent, const torch::Tensor& scal
   return out;
 }
 
-// {grad_latent [N, K] (undefined unless need_latent), grad_scale [S_n, S_k]} (BACKWARD above).
+// {grad_latent [N, K], grad_scale [S_n, S_k]} (BACKWARD above).
 std::vector<torch::Tensor> ste_backward(const torch::Tensor& grad, const torch::Tensor& latent, const torch::Tensor& scale,
-                                        int64_t G, bool need_latent, bool vec) {
+                                        int64_t G, bool vec) {
   const int64_t N = latent.size(0), K = latent.size(1), S_n = scale.size(0), S_k = scale.size(1);
-  auto gw = need_latent ? torch::empty_like(latent) : torch::Tensor();
+  auto gw = torch::empty_like(latent);
   auto partial = torch::empty({N, S_k}, latent.options().dtype(at::kDouble));
   const float* g = grad.data_ptr<float>(); const float* W = latent.data_ptr<float>(); const float* S = scale.data_ptr<float>();
-  float* o = need_latent ? gw.data_ptr<float>() : nullptr; double* P = partial.data_ptr<double>();
+  float* o = gw.data_ptr<float>(); double* P = partial.data_ptr<double>();
   vec = vec && (S_k == 1 || G % 16 == 0);
   at::parallel_for(0, N, 16, [&](int64_t a, int64_t b) {
     if (vec) bwd_rows_avx512(g, W, S, S_n, S_k, G, K, a, b, o, P); else bwd_rows_scalar(g, W, S, S_n, S_k, G, K, a, b, o, P);

@@ -974,7 +974,7 @@ torch::Tensor ternary_dequantize(const torch::Tensor& packed, const torch::Tenso
 // ste_cpu.cpp (same extension): the QAT weight and its straight-through gradient
 torch::Tensor ste_forward(const torch::Tensor& latent, const torch::Tensor& scale, int64_t G, bool vec);
 std::vector<torch::Tensor> ste_backward(const torch::Tensor& grad, const torch::Tensor& latent, const torch::Tensor& scale,
-                                        int64_t G, bool need_latent, bool vec);
+                                        int64_t G, bool vec);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isas", &cpu_isas, "the instruction sets this CPU runs, best first");
