@@ -176,6 +176,9 @@ def test_wheel_ships_cuda_sources(tmp_path):
     for name in (*loader.SOURCE_FILES, "common.cuh"):
         assert f"torch_ternary/kernels/cuda_src/{name}" in names, sorted(names)
     assert "torch_ternary/kernels/loader.py" in names
+    from torch_ternary.kernels import cpu  # the CPU kernels' sources and header, compiled on first use
+    for path in (*cpu._sources(), cpu.AMX_HEADER):
+        assert f"torch_ternary/kernels/cpu/{path.name}" in names, sorted(names)
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "torch_ternary").rglob("*.py")}
     assert modules <= names, sorted(modules - names)  # pyproject lists every package
     assert not any(n.startswith("cuda/") for n in names)  # no top-level package named cuda

@@ -53,6 +53,11 @@ def test_build_key_follows_source_torch_version_and_flags(monkeypatch, tmp_path)
     assert cpu.build_key() != key
     monkeypatch.setattr(cpu, "SOURCE", ROOT / "torch_ternary" / "kernels" / "cpu" / "ternary_cpu.cpp")
     assert cpu.build_key() == key
+    header = tmp_path / "amx_tiles.h"  # an included header is part of the sources
+    header.write_bytes(cpu.AMX_HEADER.read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(cpu, "AMX_HEADER", header)
+    assert cpu.build_key() != key
+    monkeypatch.undo()
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert cpu.build_key() != key
     monkeypatch.undo()

@@ -72,6 +72,17 @@ def rel_fro(y, ref):
     return num / den if den > 0 else num
 
 
+def expected_16bit_path(isa, tokens, dtype, grouped):
+    """The kernel that ``torch_ternary::linear`` must run for ``tokens`` rows under a forced ``isa``."""
+    if isa != "amx":
+        return isa
+    if grouped or tokens * cpu.LIMBS[dtype] < cpu.AMX_MIN_ROWS:
+        return "avx512"
+    if dtype == torch.bfloat16 and tokens >= cpu.AMX_BF16_MIN_ROWS and cpu.amx_bf16_available():
+        return "amx_bf16"
+    return "amx"
+
+
 def _check_16bit(case, isa):
     packed, scale, gs, _, w64 = make_weight(case["n"], case["k"], case["granularity"], case["group"], case["seed"])
     x = make_input(case["m"], case["k"], case["dtype"], case["layout"], case["seed"] + 1, case["outlier"])
@@ -80,8 +91,7 @@ def _check_16bit(case, isa):
     before = cpu.STATS.copy()
     with forced_isa(isa):
         y = torch.ops.torch_ternary.linear(x, packed, scale, bias, case["k"], gs)
-    expect = isa if not (isa == "amx" and (scale.shape[1] > 1 or x.numel() // case["k"] * cpu.LIMBS[x.dtype]
-                                           < cpu.AMX_MIN_ROWS)) else "avx512"
+    expect = expected_16bit_path(isa, x.numel() // case["k"], x.dtype, scale.shape[1] > 1)
     assert cpu.STATS[f"linear:{expect}"] == before[f"linear:{expect}"] + 1, "the kernel variant did not run"
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], case["n"])
     ref = x.double() @ w64.T + (0 if bias is None else bias.double())
@@ -109,12 +119,48 @@ def test_linear_16bit_accuracy(isa):
 
 def test_amx_variant_runs_many_rows():
     """The AMX tiles are the large-M path: a case sure to take it, all three dtypes (the property above
-    reaches it only when M * limbs >= AMX_MIN_ROWS)."""
+    reaches it only when M * limbs >= AMX_MIN_ROWS); bf16 takes the AMX-BF16 kernel where the CPU has it."""
     require_isa("amx")
     for dtype in DTYPES:
         for granularity in ("per_tensor", "per_channel"):
             _check_16bit(dict(m=203, k=333, n=161, dtype=dtype, granularity=granularity, group=16, layout="contiguous",
                               has_bias=True, outlier=True, seed=3), "amx")
+
+
+@pytest.mark.parametrize("m, k, n, layout", [
+    (16, 32, 16, "contiguous"),        # one tile of each kind
+    (17, 31, 17, "contiguous"),        # a partial token group, K short of a step, a partial row tile
+    (100, 1040, 130, "row_strided"),   # K past one K block (1024), x rows of a wider buffer, read in place
+    (64, 3072, 256, "transposed"),     # FLUX's width; unit stride along M (copied to rows first)
+    (70, 64, 300, "contiguous"),       # past one 256-row thread block, a partial 64-token group
+    (48, 48, 200, "batched"),          # K = 3 words: the last step half empty
+])
+def test_amx_bf16_kernel_on_edge_shapes(m, k, n, layout, monkeypatch):
+    """The AMX-BF16 kernel (amx_bf16_cpu.cpp) on the shapes its blocking has edges for (also below the token count
+    the dispatcher sends it): error against float64 no larger than torch's dense bf16 linear."""
+    require_isa("amx")
+    if not cpu.amx_bf16_available():
+        pytest.skip("this CPU has no AMX-BF16")
+    monkeypatch.setattr(cpu, "AMX_BF16_MIN_ROWS", 1)
+    for granularity in ("per_tensor", "per_channel"):
+        _check_16bit(dict(m=m, k=k, n=n, dtype=torch.bfloat16, granularity=granularity, group=16, layout=layout,
+                          has_bias=True, outlier=False, seed=m + k + n), "amx")
+
+
+def test_amx_bf16_kernel_propagates_nan_per_token():
+    """A NaN activation makes its own token's outputs NaN (as torch's dense linear) and no other token's."""
+    require_isa("amx")
+    if not cpu.amx_bf16_available():
+        pytest.skip("this CPU has no AMX-BF16")
+    packed, scale, gs, _, _ = make_weight(40, 96, "per_channel", 16, 1)
+    x = torch.randn(cpu.AMX_BF16_MIN_ROWS, 96).bfloat16()
+    x[5, 7] = float("nan")
+    before = cpu.STATS["linear:amx_bf16"]
+    with forced_isa("amx"):
+        y = torch.ops.torch_ternary.linear(x, packed, scale, None, 96, gs)
+    assert cpu.STATS["linear:amx_bf16"] == before + 1
+    assert torch.isnan(y[5]).all()
+    assert torch.isfinite(torch.cat([y[:5], y[6:]])).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

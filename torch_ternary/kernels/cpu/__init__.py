@@ -1,6 +1,7 @@
 """Compiled CPU kernels for the ``torch_ternary`` ops: ternary linears straight from the 2-bit packed weights.
 
-The C++ source is ``ternary_cpu.cpp`` next to this file (its header documents the layout, the decode in
+The C++ source is ``ternary_cpu.cpp`` next to this file, built into one extension with ``ste_cpu.cpp``,
+``amx_bf16_cpu.cpp`` and their header ``amx_tiles.h`` (each file's header documents its layout, the decode in
 registers, the blocking and the threads). :func:`install` (called by ``import torch_ternary``) makes these
 functions the CPU implementation of ``torch_ternary::linear``, ``linear_a8``, ``dequantize``, ``unpack``,
 ``linear_grad_input`` and ``linear_grad_scale`` (:mod:`torch_ternary.ops.backends`), and, from ``ste_cpu.cpp``
@@ -15,6 +16,8 @@ milliseconds.
 Paths (``linear``, by the activation rows ``M`` a call has, after limbs):
 
 * ``amx``: Intel AMX-INT8 tiles, per-channel / per-tensor scales, from :data:`AMX_MIN_ROWS` prepared rows;
+  bfloat16 activations from :data:`AMX_BF16_MIN_ROWS` tokens take AMX-BF16 tiles instead where the CPU has them
+  (``amx_bf16_cpu.cpp``: the tokens as they are, no limbs; ``STATS["linear:amx_bf16"]``);
 * ``avx512``: AVX-512 VNNI (``vpdpbusd``), every granularity, any M;
 * ``avx2``: ``vpmaddubsw`` / ``vpmaddwd``;
 * ``scalar``: portable C++;
@@ -28,7 +31,8 @@ sets it); ``off`` never builds. Without a compiler the ops keep the reference, a
 Accuracy (16-bit activations): each token is split into int8 "limbs" (3 for float32, 2 for bf16 / fp16, one
 more for the whole call when a token's ``max|x| / rms(x)`` exceeds :data:`RANGE_LIMIT`), so the error is at
 most ``max|x| / (2 * 127 * 254^(L-1))`` an element before the exact integer product: relative output errors
-~1e-7 (float32) and below torch's own dense linear in bf16 / fp16.
+~1e-7 (float32) and below torch's own dense linear in bf16 / fp16. The AMX-BF16 kernel needs no limbs: bf16
+times a ternary weight is exact and the sums are float32, so its only rounding is the output's.
 ``linear_a8`` (int8) is bit-exact with its reference.
 """
 
@@ -52,6 +56,10 @@ from ..loader import KernelLoadError
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
 #: the QAT weight kernels, compiled into the same extension (``SOURCE`` binds them)
 STE_SOURCE = Path(__file__).with_name("ste_cpu.cpp")
+#: the large-M bf16 linear on AMX-BF16, compiled into the same extension (``SOURCE`` binds it)
+AMX_BF16_SOURCE = Path(__file__).with_name("amx_bf16_cpu.cpp")
+#: what the AMX sources share (included, so part of the cache key)
+AMX_HEADER = Path(__file__).with_name("amx_tiles.h")
 #: flags of the build (part of the cache key)
 CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
@@ -62,6 +70,10 @@ ISAS = ("amx", "avx512", "avx2", "scalar")
 REFERENCE = "reference"
 #: the AMX path from this many prepared activation rows (tokens x limbs); fewer go to avx512
 AMX_MIN_ROWS = 16
+#: bfloat16 activations with this many tokens (and per-channel / per-tensor scales) take the AMX-BF16 kernel
+#: (``amx_bf16_cpu.cpp``: bf16 tiles, no limbs) on CPUs that have it; fewer keep the int8 limbs, which were
+#: faster at 16 tokens (it pads tokens to 32) and level at 32 (measured on FLUX.1-dev shapes)
+AMX_BF16_MIN_ROWS = 64
 #: limbs a token, by activation dtype (16-bit mode)
 LIMBS = {torch.float32: 3, torch.bfloat16: 2, torch.float16: 2}
 #: a call gets one more limb a token when a token's max |x| / rms(x) exceeds this (16-bit mode): the limbs'
@@ -87,8 +99,13 @@ def cache_dir() -> Path:
 
 def build_key() -> str:
     """The cache key: a hash of the sources' text, the torch version and the flags."""
-    text = SOURCE.read_bytes() + STE_SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS + LDFLAGS).encode()
+    text = b"".join(path.read_bytes() for path in _sources() + [AMX_HEADER])
+    text += torch.__version__.encode() + " ".join(CFLAGS + LDFLAGS).encode()
     return hashlib.sha256(text).hexdigest()[:16]
+
+
+def _sources() -> list[Path]:
+    return [SOURCE, STE_SOURCE, AMX_BF16_SOURCE]
 
 
 def _mode() -> str:
@@ -120,7 +137,7 @@ def load():
                 key = build_key()
                 folder = cache_dir() / key
                 folder.mkdir(parents=True, exist_ok=True)
-                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(SOURCE), str(STE_SOURCE)], extra_cflags=list(CFLAGS),
+                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(p) for p in _sources()], extra_cflags=list(CFLAGS),
                                    extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=False)
             except Exception as exc:  # no compiler, no ninja, a compile error: the reference keeps working
                 _failure = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
@@ -141,6 +158,7 @@ def failure() -> str | None:
 
 
 _isas: dict[object, tuple[str, ...]] = {}
+_amx_bf16: dict[object, bool] = {}
 
 
 def available_isas() -> tuple[str, ...]:
@@ -182,6 +200,16 @@ def choose(rows: int, grouped: bool) -> str:
     return isa
 
 
+def amx_bf16_available() -> bool:
+    """Whether the built kernels run AMX-BF16 here (the ``amx`` ISA's bf16 kernel; False without a build)."""
+    mod = load()
+    if mod is None:
+        return False
+    if mod not in _amx_bf16:
+        _amx_bf16[mod] = bool(mod.amx_bf16_available())
+    return _amx_bf16[mod]
+
+
 def _words_in_one_group(scale: torch.Tensor, group_size: int) -> bool:
     """Whether every 16-weight word of the packed rows lies in one scale group (what the kernels assume): true
     for one group a row and for group sizes that are multiples of 16 (all that ``TernaryConfig`` makes)."""
@@ -207,6 +235,10 @@ def linear_cpu(x, packed, scale, bias, in_features, group_size):
     x2 = _rows2d(x, in_features)
     limbs = LIMBS[x.dtype]
     path = choose(x2.shape[0] * limbs, scale.shape[1] > 1) if _words_in_one_group(scale, group_size) else REFERENCE
+    if path == "amx" and x.dtype == torch.bfloat16 and x2.shape[0] >= AMX_BF16_MIN_ROWS and amx_bf16_available():
+        STATS["linear:amx_bf16"] += 1
+        y = _module.ternary_linear_bf16_amx(x2, _c(packed), _c(scale), _c(bias), in_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
     STATS["linear:" + path] += 1
     if path == REFERENCE:
         return backends.reference("linear")(x, packed, scale, bias, in_features, group_size)

@@ -43,7 +43,8 @@
 //
 // AMX (per-channel / per-tensor scales, many rows): the same prepared activations in a tiled layout and
 // tdpbusd on 16 x 64-byte tiles; the weights are decoded in registers into a transient B scratch (the
-// section "AMX" below documents it).
+// section "AMX" below documents it). bf16 tokens in 16-bit mode skip the limbs on CPUs with AMX-BF16: their own
+// kernel, amx_bf16_cpu.cpp (tdpbf16ps on x as it is), chosen by the Python side. amx_tiles.h: what both share.
 //
 // ISA. Four variants of the same arithmetic in this one file, chosen at run time (cpu_isas() / the Python
 // side: TORCH_TERNARY_CPU_ISA): amx (AMX-INT8: tdpbusd), avx512 (AVX-512 F/BW/VL/DQ + VNNI: vpdpbusd), avx2
@@ -55,8 +56,8 @@
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+
+#include "amx_tiles.h"
 
 #include <cmath>
 #include <cstdlib>
@@ -631,11 +632,8 @@ void epilogue_avx512(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
     if (e.dt == at::kFloat) {
       _mm512_storeu_ps(static_cast<float*>(e.Y) + m * e.N + col, out);
     } else if (e.dt == at::kBFloat16) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)
-      __m512i u = _mm512_castps_si512(out);
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)),
-                                                     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
-      r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(out, out, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(e.Y) + m * e.N + col), _mm512_cvtepi32_epi16(r));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(e.Y) + m * e.N + col),
+                          torch_ternary_amx::bf16_rne(out));
     } else {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(e.Y) + m * e.N + col),
                           _mm512_cvtps_ph(out, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -656,51 +654,16 @@ void epilogue_avx512(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
 // weight row sums (sum q u = sum q v + 128 sum q). Tiles: C 2 x 2 (32 activation rows x 32 weight rows,
 // int32, accumulated across K blocks in the block's C buffer), A 2, B 2.
 
-bool amx_usable() {
-  static const bool ok = [] {
-    unsigned eax, ebx, ecx, edx;
-    __asm__ volatile("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
-    const bool tile = (edx >> 24) & 1, int8 = (edx >> 25) & 1;
-    if (!tile || !int8) return false;
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;  // Linux: ask for the tile state
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return ok;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {0};
-  uint16_t colsb[16] = {0};
-  uint8_t rows[16] = {0};
-};
+using torch_ternary_amx::amx_configure;
+using torch_ternary_amx::amx_release;
+using torch_ternary_amx::amx_usable;
+using torch_ternary_amx::transpose16x16;
 
 constexpr int64_t NBA = 128;     // weight rows of an AMX thread block (8 tiles of 16)
 constexpr int64_t KBS = 32;      // (chunk, shift) steps of an AMX K block: 8 chunks, 2048 weights
 
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
-
-inline void transpose16x16(__m512i r[16]) {  // 16 x 16 dwords: r[k][c] -> r[c][k]
-  __m512i t[16], u[16];
-  for (int k = 0; k < 16; k += 2) {
-    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
-    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // u[4q + j], 128-bit lane L: column 4L + j of rows 4q .. 4q + 3
-    u[4 * q] = _mm512_unpacklo_epi64(t[4 * q], t[4 * q + 2]);
-    u[4 * q + 1] = _mm512_unpackhi_epi64(t[4 * q], t[4 * q + 2]);
-    u[4 * q + 2] = _mm512_unpacklo_epi64(t[4 * q + 1], t[4 * q + 3]);
-    u[4 * q + 3] = _mm512_unpackhi_epi64(t[4 * q + 1], t[4 * q + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {  // a 4 x 4 transpose of 128-bit lanes among u[j], u[4 + j], u[8 + j], u[12 + j]
-    const __m512i a = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), b = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44);
-    const __m512i c = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE), d = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
-    r[j] = _mm512_shuffle_i32x4(a, b, 0x88);
-    r[4 + j] = _mm512_shuffle_i32x4(a, b, 0xDD);
-    r[8 + j] = _mm512_shuffle_i32x4(c, d, 0x88);
-    r[12 + j] = _mm512_shuffle_i32x4(c, d, 0xDD);
-  }
-}
 
 // weight rows [n0, n0 + 128) (zero past N), steps [s0, s0 + ns) -> B scratch [8 n-tiles][ns][16 words][16 rows][4 B];
 // rsum[rr] += sum of q over these steps (the u8-offset correction)
@@ -769,15 +732,6 @@ void amx_kblock(const uint8_t* U, int64_t steps, int64_t rows, const uint8_t* B,
     }
   }
 }
-
-void amx_configure() {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) { cfg.colsb[t] = 64; cfg.rows[t] = 16; }
-  __asm__ volatile("" : : "r"(&cfg) : "memory");  // GCC does not see ldtilecfg read the struct: keep the stores
-  _tile_loadconfig(&cfg);
-}
-
-void amx_release() { _tile_release(); }
 
 #pragma GCC pop_options
 
@@ -976,10 +930,17 @@ torch::Tensor ste_forward(const torch::Tensor& latent, const torch::Tensor& scal
 std::vector<torch::Tensor> ste_backward(const torch::Tensor& grad, const torch::Tensor& latent, const torch::Tensor& scale,
                                         int64_t G, bool vec);
 
+// amx_bf16_cpu.cpp (same extension): the large-M bf16 linear on AMX-BF16
+bool amx_bf16_available();
+torch::Tensor ternary_linear_bf16_amx(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                                     const c10::optional<torch::Tensor>& bias, int64_t K);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_isas", &cpu_isas, "the instruction sets this CPU runs, best first");
   m.def("ternary_linear", &ternary_linear, "ternary linear from 2-bit packed weights (see the file header)");
   m.def("ternary_dequantize", &ternary_dequantize, "rows [n0, n1) of scale * q (or q as int8), natural order");
+  m.def("amx_bf16_available", &amx_bf16_available, "whether this CPU and process run AMX-BF16 (amx_bf16_cpu.cpp)");
+  m.def("ternary_linear_bf16_amx", &ternary_linear_bf16_amx, "bf16 ternary linear on AMX-BF16 (amx_bf16_cpu.cpp)");
   m.def("ste_forward", &ste_forward, "the ternary weight of a float32 QAT latent (ste_cpu.cpp)");
   m.def("ste_backward", &ste_backward, "the straight-through gradients of ste_forward (ste_cpu.cpp)");
 }
