@@ -233,18 +233,27 @@ def linear_cpu(x, packed, scale, bias, in_features, group_size):
     uint8 ``[N, Kp/4]``, ``scale`` float32 ``[S_n, S_k]``, ``bias`` ``x.dtype`` ``[N]`` or None)."""
     ops._check_linear_args(x, packed, scale, bias, in_features, group_size)
     x2 = _rows2d(x, in_features)
-    limbs = LIMBS[x.dtype]
-    path = choose(x2.shape[0] * limbs, scale.shape[1] > 1) if _words_in_one_group(scale, group_size) else REFERENCE
-    if path == "amx" and x.dtype == torch.bfloat16 and x2.shape[0] >= AMX_BF16_MIN_ROWS and amx_bf16_available():
-        STATS["linear:amx_bf16"] += 1
-        y = _module.ternary_linear_bf16_amx(x2, _c(packed), _c(scale), _c(bias), in_features)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
+    path = _linear_path(x2.shape[0], x.dtype, scale, group_size)
     STATS["linear:" + path] += 1
     if path == REFERENCE:
         return backends.reference("linear")(x, packed, scale, bias, in_features, group_size)
-    y = _module.ternary_linear(x2, _c(packed), _c(scale), _c(bias), in_features, group_size, path, limbs, False,
-                               RANGE_LIMIT[x.dtype])
+    if path == "amx_bf16":
+        y = _module.ternary_linear_bf16_amx(x2, _c(packed), _c(scale), _c(bias), in_features)
+    else:
+        y = _module.ternary_linear(x2, _c(packed), _c(scale), _c(bias), in_features, group_size, path, LIMBS[x.dtype],
+                                   False, RANGE_LIMIT[x.dtype])
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
+
+
+def _linear_path(tokens: int, dtype: torch.dtype, scale: torch.Tensor, group_size: int) -> str:
+    """The kernel of a 16-bit ``linear`` call: :func:`choose` on its prepared rows (tokens x limbs), with bfloat16
+    tokens on the AMX ISA moving to the AMX-BF16 kernel from :data:`AMX_BF16_MIN_ROWS` tokens."""
+    if not _words_in_one_group(scale, group_size):
+        return REFERENCE
+    path = choose(tokens * LIMBS[dtype], scale.shape[1] > 1)
+    if path == "amx" and dtype == torch.bfloat16 and tokens >= AMX_BF16_MIN_ROWS and amx_bf16_available():
+        return "amx_bf16"
+    return path
 
 
 def linear_a8_cpu(x, packed, scale, bias, in_features, group_size, fmt):

@@ -140,8 +140,7 @@ void epilogue_bf16(const float* C, int64_t M, int64_t n0, int64_t nb, const floa
       const __m512 w = per_tensor ? _mm512_set1_ps(S[0]) : _mm512_maskz_loadu_ps(k, S + col);
       __m512 out = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, C + m * NBT + n), w);
       if (bias)
-        out = _mm512_add_ps(out, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                     _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, bias + col)), 16)));
+        out = _mm512_add_ps(out, bf16_to_f32(_mm256_maskz_loadu_epi16(k, bias + col)));
       _mm256_mask_storeu_epi16(Y + m * N + col, k, bf16_rne(out));
     }
 }

@@ -5,7 +5,8 @@
 // * amx_configure(): palette 1, tiles 0..7 all 16 rows x 64 bytes (C: 16 x 16 int32 / float32; A and B: 16 x 64
 //   bytes); every AMX loop of the extension uses this one shape. amx_release() ends a thread's tile use.
 // * transpose16x16(r): 16 x 16 dwords in 16 zmm registers, r[k][c] -> r[c][k].
-// * bf16_rne(v): 16 float32 -> 16 bfloat16, round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16).
+// * bf16_rne(v): 16 float32 -> 16 bfloat16, round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16);
+//   bf16_to_f32(h): the exact way back.
 
 #pragma once
 
@@ -46,7 +47,7 @@ struct alignas(64) TileConfig {
 };
 
 #pragma GCC push_options
-#pragma GCC target("amx-tile,avx512f,avx512bw,avx512vl,avx512dq")
+#pragma GCC target("amx-tile")
 
 inline void amx_configure() {
   TileConfig cfg;
@@ -56,6 +57,12 @@ inline void amx_configure() {
 }
 
 inline void amx_release() { _tile_release(); }
+
+#pragma GCC pop_options
+
+// (AVX-512 only, so that they inline into every AVX-512 function of the extension, AMX or not)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 
 inline void transpose16x16(__m512i r[16]) {  // 16 x 16 dwords: r[k][c] -> r[c][k]
   __m512i t[16], u[16];
@@ -77,6 +84,10 @@ inline void transpose16x16(__m512i r[16]) {  // 16 x 16 dwords: r[k][c] -> r[c][
     r[8 + j] = _mm512_shuffle_i32x4(c, d, 0x88);
     r[12 + j] = _mm512_shuffle_i32x4(c, d, 0xDD);
   }
+}
+
+inline __m512 bf16_to_f32(__m256i h) {  // 16 bfloat16 -> 16 float32 (exact)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 inline __m256i bf16_rne(__m512 v) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)

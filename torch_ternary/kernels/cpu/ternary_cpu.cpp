@@ -227,7 +227,7 @@ void load_row_avx512(const void* xv, at::ScalarType dt, int64_t start, int64_t K
     if (dt == at::kFloat) x = _mm512_loadu_ps(static_cast<const float*>(xv) + start + k);
     else {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(xv) + start + k));
-      x = dt == at::kBFloat16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+      x = dt == at::kBFloat16 ? torch_ternary_amx::bf16_to_f32(h) : _mm512_cvtph_ps(h);
     }
     _mm512_storeu_ps(r + k, x);
     vnan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
@@ -624,8 +624,8 @@ void epilogue_avx512(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
       __m512 b;
       if (e.dt == at::kFloat) b = _mm512_loadu_ps(static_cast<const float*>(e.B) + col);
       else if (e.dt == at::kBFloat16)
-        b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(e.B) + col))), 16));
+        b = torch_ternary_amx::bf16_to_f32(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(e.B) + col)));
       else b = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(e.B) + col)));
       out = _mm512_add_ps(out, b);
     }
