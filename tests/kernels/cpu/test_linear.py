@@ -134,6 +134,7 @@ def test_amx_variant_runs_many_rows():
     (64, 3072, 256, "transposed"),     # FLUX's width; unit stride along M (copied to rows first)
     (70, 64, 300, "contiguous"),       # past one 256-row thread block, a partial 64-token group
     (48, 48, 200, "batched"),          # K = 3 words: the last step half empty
+    (2067, 40, 40, "contiguous"),      # past two 1024-token chunks, the last one 19 tokens (scratch reused)
 ])
 def test_amx_bf16_kernel_on_edge_shapes(m, k, n, layout, monkeypatch):
     """The AMX-BF16 kernel (amx_bf16_cpu.cpp) on the shapes its blocking has edges for (also below the token count
@@ -203,6 +204,32 @@ def test_linear_a8_bit_exact_with_reference(isa):
         torch.testing.assert_close(y, ref, rtol=0, atol=0, equal_nan=True)
 
     prop()
+
+
+@pytest.mark.parametrize("chunk", [None, 64, 96])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_amx_token_chunks(dtype, chunk, monkeypatch):
+    """The AMX kernels take tokens in chunks (AMX_CHUNK_ROWS prepared rows: whole tokens, a multiple of 32 rows;
+    AMX_BF16_CHUNK_TOKENS tokens): several chunks and a partial last one (the shipped sizes, and small ones that
+    leave odd remainders), A8 bit-exact with the reference (a NaN token in the last chunk included), 16-bit within
+    the error of torch's dense linear."""
+    require_isa("amx")
+    if chunk is not None:
+        monkeypatch.setattr(cpu, "AMX_CHUNK_ROWS", chunk)
+        monkeypatch.setattr(cpu, "AMX_BF16_CHUNK_TOKENS", chunk)
+    m = 2100 if chunk is None else 333
+    packed, scale, gs, _, _ = make_weight(150, 200, "per_channel", 16, 5)
+    x = make_input(m, 200, dtype, "contiguous", 6, False, False)
+    x[m - 10, 3] = float("nan")
+    bias = torch.randn(150).to(dtype)
+    before = cpu.STATS["linear_a8:amx"]
+    with forced_isa("amx"):
+        y = torch.ops.torch_ternary.linear_a8(x, packed, scale, bias, 200, gs, "int8")
+    assert cpu.STATS["linear_a8:amx"] == before + 1
+    ref = backends.reference("linear_a8")(x, packed, scale, bias, 200, gs, "int8")
+    torch.testing.assert_close(y, ref, rtol=0, atol=0, equal_nan=True)
+    _check_16bit(dict(m=m // 2 + 50, k=200, n=150, dtype=dtype, granularity="per_channel", group=16,
+                      layout="contiguous", has_bias=True, outlier=True, seed=7), "amx")
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)

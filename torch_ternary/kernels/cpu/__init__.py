@@ -74,6 +74,12 @@ AMX_MIN_ROWS = 16
 #: (``amx_bf16_cpu.cpp``: bf16 tiles, no limbs) on CPUs that have it; fewer keep the int8 limbs, which were
 #: faster at 16 tokens (it pads tokens to 32) and level at 32 (measured on FLUX.1-dev shapes)
 AMX_BF16_MIN_ROWS = 64
+#: the AMX-BF16 kernel takes tokens in chunks of this many, so that a thread's float32 accumulators (chunk x 256)
+#: stay in L2 across the K blocks (each chunk decodes the weights again)
+AMX_BF16_CHUNK_TOKENS = 1024
+#: the AMX-INT8 kernel takes tokens in chunks of about this many prepared rows (tokens x limbs, rounded to whole
+#: tokens and 32 rows), for the same reason (int32 accumulators: chunk x 128)
+AMX_CHUNK_ROWS = 1024
 #: limbs a token, by activation dtype (16-bit mode)
 LIMBS = {torch.float32: 3, torch.bfloat16: 2, torch.float16: 2}
 #: a call gets one more limb a token when a token's max |x| / rms(x) exceeds this (16-bit mode): the limbs'
@@ -238,10 +244,10 @@ def linear_cpu(x, packed, scale, bias, in_features, group_size):
     if path == REFERENCE:
         return backends.reference("linear")(x, packed, scale, bias, in_features, group_size)
     if path == "amx_bf16":
-        y = _module.ternary_linear_bf16_amx(x2, _c(packed), _c(scale), _c(bias), in_features)
+        y = _module.ternary_linear_bf16_amx(x2, _c(packed), _c(scale), _c(bias), in_features, AMX_BF16_CHUNK_TOKENS)
     else:
         y = _module.ternary_linear(x2, _c(packed), _c(scale), _c(bias), in_features, group_size, path, LIMBS[x.dtype],
-                                   False, RANGE_LIMIT[x.dtype])
+                                   False, RANGE_LIMIT[x.dtype], AMX_CHUNK_ROWS)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], packed.shape[0])
 
 
@@ -265,7 +271,7 @@ def linear_a8_cpu(x, packed, scale, bias, in_features, group_size, fmt):
         return backends.reference("linear_a8")(x, packed, scale, bias, in_features, group_size, fmt)
     x2 = _rows2d(x, in_features)
     y = _module.ternary_linear(x2, packed.contiguous(), scale.contiguous(), None if bias is None else bias.contiguous(),
-                               in_features, group_size, path, 1, True, 0.0)
+                               in_features, group_size, path, 1, True, 0.0, AMX_CHUNK_ROWS)
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
@@ -346,7 +352,7 @@ def linear_grad_scale_cpu(grad_out, x, packed, scale, in_features, group_size):
     x2 = _rows2d(x.float(), in_features)
     rows_path = choose(x2.shape[0] * LIMBS[torch.float32], False)
     z = _module.ternary_linear(x2, packed.contiguous(), torch.ones(n, 1), None, in_features, in_features, rows_path,
-                               LIMBS[torch.float32], False, RANGE_LIMIT[torch.float32])
+                               LIMBS[torch.float32], False, RANGE_LIMIT[torch.float32], AMX_CHUNK_ROWS)
     ds = (grad_out.reshape(-1, n).float() * z).sum(dim=0)
     return ds.sum().reshape(1, 1) if scale.shape[0] == 1 else ds.reshape(n, 1)
 

@@ -25,7 +25,11 @@
 // TILES AND BLOCKING. The tile shape of amx_tiles.h (all 16 rows x 64 bytes): A = 16 tokens x 32 bf16 (one K
 // step), B = one decoded step of 16 weight rows, C = 16 x 16 float32. x is first copied into A tiles
 // ([16-token group][step][16][32], zero past M and K: one contiguous KB a tile load; loading 16 rows of x at
-// its own stride was measured to cost about as much as the tile products themselves). Per thread block of
+// its own stride was measured to cost about as much as the tile products themselves). Tokens go in chunks of
+// `chunk` (the Python side's AMX_BF16_CHUNK_TOKENS; copied to A tiles, then every weight block runs on them, then
+// the next chunk): a thread's float32 C block (chunk x 256: 1 MB for 1024 tokens) stays in L2 while the K blocks
+// accumulate into it (unchunked, 4096 tokens made it 4 MB: 12288 -> 3072 took 4.7x, 3072 -> 12288 4.3x-8.6x the
+// time of 1024 tokens); each chunk decodes the weights again. Per thread block of
 // NBT = 256 weight rows (torch's intra-op pool splits the blocks: at::parallel_for, so torch.set_num_threads
 // applies) and per K block of KBT = 32 steps (1024 weights): decode the block's B (512 KB), then for groups of
 // MBT = 64 tokens (their 128 KB K block stays in L2 while all 8 pairs of row tiles use it) 2 x 2 C tiles
@@ -160,52 +164,61 @@ struct Aligned16 {  // 64-byte aligned uint16 scratch (AVX-512 aligned stores), 
 bool amx_bf16_available() { return amx_bf16_usable(); }
 
 // y = x @ (scale * q).T (+ bias): x bfloat16 [M, K] (unit last stride), packed uint8 [N, Kp/4], scale float32
-// [S_n, 1] (S_n in {1, N}), bias bfloat16 [N] or None -> y bfloat16 [M, N]. The caller checks the arguments.
+// [S_n, 1] (S_n in {1, N}), bias bfloat16 [N] or None -> y bfloat16 [M, N]; tokens in chunks of `chunk` (>= 1).
+// The caller checks the arguments.
 torch::Tensor ternary_linear_bf16_amx(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
-                                     const c10::optional<torch::Tensor>& bias, int64_t K) {
+                                     const c10::optional<torch::Tensor>& bias, int64_t K, int64_t chunk) {
   TORCH_CHECK(amx_bf16_usable(), "ternary_linear_bf16_amx: this CPU (or process) has no AMX-BF16");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == K,
               "ternary_linear_bf16_amx: x must be bfloat16 [M, K] with a unit last stride");
   TORCH_CHECK(scale.size(1) == 1, "ternary_linear_bf16_amx: per-channel / per-tensor scales only");
+  TORCH_CHECK(chunk >= 1, "ternary_linear_bf16_amx: chunk must be >= 1 token");
   const int64_t M = x.size(0), N = packed.size(0), ldw = packed.size(1), words = ldw / 4;
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const int64_t K32 = (K + 31) / 32 * 32, steps = K32 / 32;
-  const int64_t groups = (M + 31) / 32 * 2;  // the C tiles take 32 tokens at a time
-  // A in tiles: [group][step][16 tokens][32 bf16], zero past M and K (a contiguous 1 KB a tile load: loading
-  // 16 rows of x at its own stride instead costs about as much as the tile products themselves)
-  Aligned16 A(size_t(groups) * steps * 512);
   const uint16_t* X = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const int64_t ldx = x.stride(0);
-  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      uint16_t* dst = A.ptr + (m / 16) * steps * 512 + (m % 16) * 32;
-      const uint16_t* src = X + m * ldx;
-      for (int64_t t = 0; t < steps; ++t) {
-        const int64_t take = std::min<int64_t>(32, K - t * 32);
-        std::memcpy(dst + t * 512, src + t * 32, size_t(take) * 2);
-        if (take < 32) std::memset(dst + t * 512 + take, 0, size_t(32 - take) * 2);
-      }
-    }
-  });
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const float* S = scale.data_ptr<float>();
   const uint16_t* Bias = bias.has_value() ? reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()) : nullptr;
   uint16_t* Y = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  at::parallel_for(0, (N + NBT - 1) / NBT, 1, [&](int64_t b0, int64_t b1) {
-    amx_configure();
-    std::vector<float> C(groups * 16 * NBT);
-    Aligned16 B(size_t(NBT / 16) * KBT * kStepElems);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * NBT;
-      for (int64_t t0 = 0; t0 < steps; t0 += KBT) {
-        const int64_t nt = std::min(KBT, steps - t0);
-        decode_bf16(W, ldw, words, n0, N, t0, nt, B.ptr);
-        kblock_bf16(A.ptr, steps, groups, B.ptr, t0, nt, C.data(), t0 == 0);
+  // A in tiles: [group][step][16 tokens][32 bf16], zero past the chunk and K (a contiguous 1 KB a tile load:
+  // loading 16 rows of x at its own stride instead costs about as much as the tile products themselves)
+  const int64_t chunk_groups_max = (std::min(M, chunk) + 31) / 32 * 2;  // the C tiles take 32 tokens at a time
+  Aligned16 A(size_t(chunk_groups_max) * steps * 512);
+  for (int64_t mc0 = 0; mc0 < M; mc0 += chunk) {
+    const int64_t mc = std::min(chunk, M - mc0), groups = (mc + 31) / 32 * 2;
+    at::parallel_for(0, groups * 16, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t m = r0; m < r1; ++m) {
+        uint16_t* dst = A.ptr + (m / 16) * steps * 512 + (m % 16) * 32;
+        if (m >= mc) {  // rows of the last C tile past M: zero (the scratch is reused by every chunk)
+          for (int64_t t = 0; t < steps; ++t) std::memset(dst + t * 512, 0, 64);
+          continue;
+        }
+        const uint16_t* src = X + (mc0 + m) * ldx;
+        for (int64_t t = 0; t < steps; ++t) {
+          const int64_t take = std::min<int64_t>(32, K - t * 32);
+          std::memcpy(dst + t * 512, src + t * 32, size_t(take) * 2);
+          if (take < 32) std::memset(dst + t * 512 + take, 0, size_t(32 - take) * 2);
+        }
       }
-      epilogue_bf16(C.data(), M, n0, std::min(NBT, N - n0), S, scale.size(0) == 1, Bias, Y, N);
-    }
-    amx_release();
-  });
+    });
+    at::parallel_for(0, (N + NBT - 1) / NBT, 1, [&](int64_t b0, int64_t b1) {
+      amx_configure();
+      std::vector<float> C(groups * 16 * NBT);
+      Aligned16 B(size_t(NBT / 16) * KBT * kStepElems);
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t n0 = blk * NBT;
+        for (int64_t t0 = 0; t0 < steps; t0 += KBT) {
+          const int64_t nt = std::min(KBT, steps - t0);
+          decode_bf16(W, ldw, words, n0, N, t0, nt, B.ptr);
+          kblock_bf16(A.ptr, steps, groups, B.ptr, t0, nt, C.data(), t0 == 0);
+        }
+        epilogue_bf16(C.data(), mc, n0, std::min(NBT, N - n0), S, scale.size(0) == 1, Bias, Y + mc0 * N, N);
+      }
+      amx_release();
+    });
+  }
   return y;
 }
