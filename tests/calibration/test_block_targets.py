@@ -1,7 +1,5 @@
 """Block matching and high-noise weighting in self-distillation (calibration/block_targets.py, distill._loss)."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -15,10 +13,9 @@ from torch_ternary.calibration.block_targets import (
     transformer_blocks,
 )
 from torch_ternary.calibration.distill import _loss, distill
-from torch_ternary.calibration.trainable import make_trainable
 from torch_ternary.mini.pipeline import build_pipeline
-from torch_ternary.quantization import quantize_
-from torch_ternary.quantization.config import TernaryConfig
+
+from .students import trainable_student
 
 PROMPTS = ["two squares", "a blue square and a triangle"]
 
@@ -62,18 +59,9 @@ def test_relative_error_and_loss_values():
         per_record_relative_error(s[:2], t)
 
 
-def _student(pipe):
-    student = copy.deepcopy(pipe.transformer)
-    quantize_(student, TernaryConfig())
-    for p in student.parameters():
-        p.requires_grad_(False)
-    make_trainable(student, latent_from=pipe.transformer)
-    return student
-
-
 def test_loss_terms(setup):
     pipe, data = setup
-    student = _student(pipe)
+    student = trainable_student(pipe)
     kwargs, target = data.batch(4, np.random.default_rng(1))
     ac = dict(device_type="cpu", dtype=torch.bfloat16, enabled=False)
     plain = _loss(student, None, kwargs, target, DistillConfig(), ac)
@@ -99,7 +87,7 @@ def test_loss_terms(setup):
 
 def test_block_distillation_runs_and_needs_a_teacher(setup, tmp_path):
     pipe, data = setup
-    student = _student(pipe)
+    student = trainable_student(pipe)
     cfg = DistillConfig(steps=4, batch_size=4, warmup=1, checkpoint_every=0, block_loss_weight=1.0, high_noise_weight=1.0)
     with pytest.raises(TernaryConfigError, match="teacher"):
         distill(student, data, cfg)

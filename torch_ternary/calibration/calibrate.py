@@ -35,6 +35,7 @@ from ..quantization.config import TernaryConfig
 from ..quantization.quantize import quantize_
 from .distill import DistillConfig, config_dict, distill
 from .distributed import Ranks, ranks_from_env
+from .guided import sampler_guidance_scale
 from .layerwise import layerwise_calibrate
 from .parallel import trainable_state
 from .trainable import export_from_state, export_ternary, make_trainable
@@ -157,6 +158,9 @@ def calibrate(pipe, prompts: list[str], workdir: str | Path, config: Calibration
         A :class:`CalibrationResult` whose ``transformer`` holds :class:`~torch_ternary.TernaryTensor` weights.
     """
     cfg = config or CalibrationConfig()
+    if cfg.distill.guided_loss_weight and cfg.distill.guidance_scale is None:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
+            cfg.distill, guidance_scale=sampler_guidance_scale(pipe, cfg.pipe_kwargs)))
     workdir = Path(workdir)
     seconds: dict[str, float] = {}
     teacher = pipe.transformer

@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
                    help="weight of matching every block's output to the teacher's (default 0: velocity only)")
     c.add_argument("--high-noise-weight", type=float, default=0.0,
                    help="weight records 1 + this x timestep (high noise, where layout is decided; default 0)")
+    c.add_argument("--guided-loss-weight", type=float, default=0.0,
+                   help="weight of the guided-velocity term: the error of v_u + g (v_c - v_u), the velocity the CFG "
+                        "sampler steps along, over g^2 (needs true CFG; default 0: off)")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -93,6 +96,7 @@ def cmd_calibrate(args) -> int:
     from ..format.single_file import save_quantized
     from .calibrate import CalibrationConfig, calibrate
     from .distill import DistillConfig, config_dict
+    from .guided import sampler_guidance_scale
     from .prompts import load_prompts
 
     out = Path(args.out)
@@ -114,7 +118,8 @@ def cmd_calibrate(args) -> int:
         on_policy_lr_factor=args.on_policy_lr_factor,
         distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
                               autocast_bf16=args.bf16, block_loss_weight=args.block_loss_weight,
-                              high_noise_weight=args.high_noise_weight),
+                              high_noise_weight=args.high_noise_weight, guided_loss_weight=args.guided_loss_weight,
+                              guidance_scale=sampler_guidance_scale(pipe, pipe_kwargs) if args.guided_loss_weight else None),
     )
     log = lambda rec: print(json.dumps(rec), flush=True)  # noqa: E731
     result = calibrate(pipe, prompts, args.workdir, cfg, log=log, ranks=ranks)

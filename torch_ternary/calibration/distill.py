@@ -26,6 +26,7 @@ from ..errors import TernaryConfigError
 from ..format.atomic import atomic_write
 from .block_targets import BlockOutputs, block_matching_loss
 from .distributed import DistributedCalibrationError, Ranks, all_reduce_sum, full, like
+from .guided import guided_error
 from .parallel import local_rows, wrap
 from .encoder_data import EncoderDistillData
 from .trajectories import TrajectoryDataset
@@ -50,6 +51,12 @@ class DistillConfig:
             ``teacher`` in :func:`distill`. 0: velocity only.
         high_noise_weight: each record's loss is weighted ``1 + high_noise_weight * t`` (``t``: the record's
             timestep, 1 = pure noise, where the layout is decided), normalised over the batch. 0: uniform.
+        guided_loss_weight: weight ``w`` of the guided-velocity term (:mod:`.guided`): batches become
+            ``batch_size // 2`` (conditional, unconditional) pairs of records and every pair adds
+            ``w * ||e_u + g (e_c - e_u)||^2 / g^2``, the error of the velocity the CFG sampler steps along.
+            0: off. Needs trajectories recorded with true CFG and an even ``batch_size``.
+        guidance_scale: ``g`` of that term, the sampler's ``true_cfg_scale`` (> 1); :func:`~.calibrate.calibrate`
+            fills it from the pipeline when it is ``None``.
     """
 
     steps: int = 1000
@@ -65,11 +72,17 @@ class DistillConfig:
     grad_checkpointing: bool = False
     block_loss_weight: float = 0.0
     high_noise_weight: float = 0.0
+    guided_loss_weight: float = 0.0
+    guidance_scale: float | None = None
 
     def __post_init__(self):
-        if not (self.block_loss_weight >= 0 and self.high_noise_weight >= 0):
-            raise TernaryConfigError(f"block_loss_weight and high_noise_weight must be >= 0, got "
-                                     f"{self.block_loss_weight}, {self.high_noise_weight}")
+        if not (self.block_loss_weight >= 0 and self.high_noise_weight >= 0 and self.guided_loss_weight >= 0):
+            raise TernaryConfigError(f"block_loss_weight, high_noise_weight and guided_loss_weight must be >= 0, got "
+                                     f"{self.block_loss_weight}, {self.high_noise_weight}, {self.guided_loss_weight}")
+        if self.guided_loss_weight and self.batch_size % 2:
+            raise TernaryConfigError(f"guided_loss_weight needs an even batch_size (pairs of records), got {self.batch_size}")
+        if self.guidance_scale is not None and not self.guidance_scale > 1:
+            raise TernaryConfigError(f"guidance_scale must be > 1 (true classifier-free guidance), got {self.guidance_scale}")
 
 
 def _lr_factor(step: int, cfg: DistillConfig) -> float:
@@ -140,17 +153,21 @@ def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: tor
     average over ranks is the gradient of the global batch's loss: ``world * sum_local(w l) / sum_global(w)``.
     """
     ranks = ranks or Ranks()
-    if not ranks.distributed and not cfg.block_loss_weight and not cfg.high_noise_weight:
+    if not ranks.distributed and not cfg.block_loss_weight and not cfg.high_noise_weight and not cfg.guided_loss_weight:
         with torch.autocast(**autocast):
             pred = model(**kwargs)[0]
         return torch.nn.functional.mse_loss(pred.float(), target.float())
     if cfg.high_noise_weight and "timestep" not in kwargs:
         raise TernaryConfigError("high_noise_weight needs records with a 'timestep' (diffusion trajectories)")
+    if cfg.guided_loss_weight and cfg.guidance_scale is None:
+        raise TernaryConfigError("guided_loss_weight needs guidance_scale (the sampler's true_cfg_scale)")
     n = target.shape[0]
     w_all = (1.0 + cfg.high_noise_weight * kwargs["timestep"].detach().float().reshape(-1)) if cfg.high_noise_weight \
         else torch.ones(n, device=target.device)
-    start, stop = ranks.part(n) if ranks.distributed else (0, n)
-    kwargs, target = local_rows(kwargs, target, per_record_keys, ranks)
+    unit = 2 if cfg.guided_loss_weight else 1  # a rank's part holds whole (conditional, unconditional) pairs
+    start, stop = ranks.part(n // unit) if ranks.distributed else (0, n // unit)
+    start, stop = start * unit, stop * unit
+    kwargs, target = local_rows(kwargs, target, per_record_keys, ranks, unit=unit)
     block = None
     if cfg.block_loss_weight:
         inner = getattr(model, "module", model)  # DDP wraps; the hooks go on the blocks themselves
@@ -163,6 +180,8 @@ def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: tor
         with torch.autocast(**autocast):
             pred = model(**kwargs)[0]
     per_record = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if cfg.guided_loss_weight:  # both records of a pair carry the pair's guided error
+        per_record = per_record + cfg.guided_loss_weight * guided_error(pred, target, cfg.guidance_scale).repeat_interleave(2)
     if block is not None:
         per_record = per_record + cfg.block_loss_weight * block
     return ranks.world * (w_all[start:stop] * per_record).sum() / w_all.sum()
@@ -194,6 +213,11 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
     """
     if cfg.block_loss_weight and teacher is None:
         raise TernaryConfigError("block_loss_weight > 0 needs the teacher: distill(..., teacher=...)")
+    if cfg.guided_loss_weight and not hasattr(data, "paired_batch"):
+        raise TernaryConfigError(f"guided_loss_weight needs diffusion trajectories with CFG pairs; "
+                                 f"{type(data).__name__} has none")
+    if cfg.guided_loss_weight and cfg.guidance_scale is None:
+        raise TernaryConfigError("guided_loss_weight needs guidance_scale (the sampler's true_cfg_scale)")
     ranks = ranks or Ranks()
     if ranks.distributed and cfg.batch_size < ranks.world:
         raise DistributedCalibrationError(f"batch_size {cfg.batch_size} < {ranks.world} ranks: every rank needs records")
@@ -219,7 +243,7 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
         factor = _lr_factor(step, cfg)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        kwargs, target = data.batch(cfg.batch_size, rng)
+        kwargs, target = data.paired_batch(cfg.batch_size, rng) if cfg.guided_loss_weight else data.batch(cfg.batch_size, rng)
         loss = _loss(model, teacher, kwargs, target, cfg,
                      dict(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16), ranks, per_record_keys)
         opt.zero_grad(set_to_none=True)

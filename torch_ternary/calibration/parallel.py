@@ -72,21 +72,26 @@ def wrap(student: nn.Module, ranks: Ranks) -> nn.Module:
     return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def local_rows(kwargs: dict, target: torch.Tensor, per_record: tuple[str, ...], ranks: Ranks) -> tuple[dict, torch.Tensor]:
+def local_rows(kwargs: dict, target: torch.Tensor, per_record: tuple[str, ...], ranks: Ranks,
+               unit: int = 1) -> tuple[dict, torch.Tensor]:
     """This rank's contiguous part (:meth:`Ranks.part`) of a global batch.
 
     Args:
         kwargs: the model inputs of the global batch; the keys in ``per_record`` have one row per record.
         target: ``[B, ...]`` targets of the global batch.
         per_record: which ``kwargs`` are sliced (the rest, e.g. position ids, are shared).
+        unit: rows that stay together on one rank (2: the (conditional, unconditional) pairs of the
+            guided loss); ``B`` is a multiple of it.
     """
     if not ranks.distributed:
         return kwargs, target
     b = target.shape[0]
-    if b < ranks.world:
-        raise DistributedCalibrationError(f"a batch of {b} records cannot feed {ranks.world} ranks; use batch_size >= "
-                                          f"{ranks.world} (and shards with at least that many records)")
-    start, stop = ranks.part(b)
+    if b // unit < ranks.world:
+        raise DistributedCalibrationError(f"a batch of {b // unit} {'pairs' if unit == 2 else 'records'} cannot feed "
+                                          f"{ranks.world} ranks; use batch_size >= {ranks.world * unit} (and shards with "
+                                          f"at least that many records)")
+    start, stop = ranks.part(b // unit)
+    start, stop = start * unit, stop * unit
     local = {k: (v[start:stop] if k in per_record and isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     return local, target[start:stop]
 

@@ -225,6 +225,7 @@ class TrajectoryDataset:
             raise TrajectoryError("no trajectory folder given")
         self.device, self.dtype = torch.device(device), dtype
         self.shards, self.prompts = [], []
+        self._pairs: list[torch.Tensor] | None = None
         for f in folders:
             self.extend(f)
 
@@ -241,6 +242,7 @@ class TrajectoryDataset:
         self.shards += [load_file(str(folder / s["file"])) for s in sorted(present, key=lambda s: s["first_prompt"])]
         self.prompts += manifest["prompts"]
         self.sizes = np.array([s["timestep"].shape[0] for s in self.shards])
+        self._pairs = None
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
@@ -253,6 +255,22 @@ class TrajectoryDataset:
         shard = self.shards[int(rng.choice(len(self.shards), p=self.sizes / self.sizes.sum()))]
         rows = torch.from_numpy(rng.choice(shard["timestep"].shape[0], size=min(size, shard["timestep"].shape[0]), replace=False))
         return self.take(shard, rows)
+
+    def paired_batch(self, size: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
+        """``size // 2`` classifier-free-guidance pairs (:func:`~.guided.cfg_pairs`) drawn uniformly from one
+        shard, as ``(transformer kwargs, teacher velocity)`` with interleaved rows: ``2p`` the conditional
+        call of pair ``p``, ``2p + 1`` its unconditional partner (what :func:`~.guided.guided_error` reads)."""
+        if self._pairs is None:
+            from .guided import cfg_pairs
+
+            self._pairs = [cfg_pairs(s["hidden_states"], s["timestep"]) for s in self.shards]
+        counts = np.array([p.shape[0] for p in self._pairs])
+        if counts.sum() == 0:
+            raise TrajectoryError("no (conditional, unconditional) record pairs: these trajectories were recorded "
+                                  "without true classifier-free guidance, so there is no guided velocity to match")
+        i = int(rng.choice(len(self.shards), p=counts / counts.sum()))
+        pick = torch.from_numpy(rng.choice(int(counts[i]), size=min(size // 2, int(counts[i])), replace=False))
+        return self.take(self.shards[i], self._pairs[i][pick].reshape(-1))
 
     def take(self, shard: dict, rows: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """The records ``rows`` of a shard as ``(transformer kwargs, velocity)``."""
