@@ -159,8 +159,6 @@ def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: tor
         return torch.nn.functional.mse_loss(pred.float(), target.float())
     if cfg.high_noise_weight and "timestep" not in kwargs:
         raise TernaryConfigError("high_noise_weight needs records with a 'timestep' (diffusion trajectories)")
-    if cfg.guided_loss_weight and cfg.guidance_scale is None:
-        raise TernaryConfigError("guided_loss_weight needs guidance_scale (the sampler's true_cfg_scale)")
     n = target.shape[0]
     w_all = (1.0 + cfg.high_noise_weight * kwargs["timestep"].detach().float().reshape(-1)) if cfg.high_noise_weight \
         else torch.ones(n, device=target.device)

@@ -21,11 +21,10 @@ one. Rows without exactly one partner (no true CFG, or a duplicated sample) take
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from ..errors import TernaryConfigError
+from .trajectories import _digest
 
 
 def cfg_pairs(hidden_states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -41,11 +40,9 @@ def cfg_pairs(hidden_states: torch.Tensor, timestep: torch.Tensor) -> torch.Tens
     """
     if hidden_states.shape[0] != timestep.shape[0]:
         raise TernaryConfigError(f"hidden_states has {hidden_states.shape[0]} records, timestep {timestep.shape[0]}")
-    flat = hidden_states.contiguous().reshape(hidden_states.shape[0], -1).view(torch.uint8).numpy()
-    ts = timestep.float().numpy()
     groups: dict[tuple, list[int]] = {}
-    for i in range(flat.shape[0]):
-        groups.setdefault((hashlib.blake2b(flat[i].tobytes(), digest_size=16).digest(), float(ts[i])), []).append(i)
+    for i, t in enumerate(timestep.float().tolist()):
+        groups.setdefault((_digest(hidden_states[i]), t), []).append(i)
     pairs = sorted(rows for rows in groups.values() if len(rows) == 2)
     return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
 
