@@ -14,7 +14,7 @@ large ``g``; at ``g = 1.5`` it is ``|| e_c + 0.5 (e_c - e_u) ||^2 / 2.25``).
 
 Pairs come from the recorded trajectories (:mod:`.trajectories`): diffusers' ``FluxPipeline`` calls the
 transformer with the conditional batch, then with the unconditional (negative-prompt) batch, at the
-same ``x_t`` and timestep, and the recorder keeps the calls in order; :func:`cfg_pairs` finds, in one
+same ``x_t`` and timestep, and the recorder keeps the calls in order; :func:`~.trajectories.cfg_pairs` finds, in one
 shard, the rows with byte-identical ``x_t`` and equal timestep, the earlier of two being the conditional
 one. Rows without exactly one partner (no true CFG, or a duplicated sample) take no part.
 """
@@ -24,27 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TernaryConfigError
-from .trajectories import _digest
-
-
-def cfg_pairs(hidden_states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """The (conditional, unconditional) record pairs of one trajectory shard.
-
-    Args:
-        hidden_states: ``[S, L, C]`` (any dtype) the recorded ``x_t`` of each record, in recording order.
-        timestep: float32 ``[S]`` the recorded timestep of each record.
-
-    Returns:
-        int64 ``[P, 2]``: row ``p`` holds the conditional record's index and its unconditional partner's
-        (the later of the two), ordered by the conditional index; ``[0, 2]`` when no record has a partner.
-    """
-    if hidden_states.shape[0] != timestep.shape[0]:
-        raise TernaryConfigError(f"hidden_states has {hidden_states.shape[0]} records, timestep {timestep.shape[0]}")
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(timestep.float().tolist()):
-        groups.setdefault((_digest(hidden_states[i]), t), []).append(i)
-    pairs = sorted(rows for rows in groups.values() if len(rows) == 2)
-    return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
+from .trajectories import cfg_pairs  # noqa: F401  (the pairs this term reads; defined beside the recorder)
 
 
 def guided_error(pred: torch.Tensor, target: torch.Tensor, guidance_scale: float) -> torch.Tensor:

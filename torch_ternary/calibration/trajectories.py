@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import TernaryError
+from ..errors import TernaryConfigError, TernaryError
 from ..format.atomic import atomic_write
 
 MANIFEST = "manifest.json"
@@ -72,6 +72,29 @@ class _CallRecorder:
 
 def _digest(t: torch.Tensor) -> str:
     return hashlib.blake2b(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def cfg_pairs(hidden_states: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """The (conditional, unconditional) record pairs of one trajectory shard: rows with byte-identical
+    ``x_t`` and equal timestep, the earlier of two being the conditional call (diffusers' ``FluxPipeline``
+    calls the conditional batch first); rows without exactly one partner take no part. The guided loss
+    (:mod:`.guided`) reads them.
+
+    Args:
+        hidden_states: ``[S, L, C]`` (any dtype) the recorded ``x_t`` of each record, in recording order.
+        timestep: float32 ``[S]`` the recorded timestep of each record.
+
+    Returns:
+        int64 ``[P, 2]``: row ``p`` holds the conditional record's index and its unconditional partner's
+        (the later of the two), ordered by the conditional index; ``[0, 2]`` when no record has a partner.
+    """
+    if hidden_states.shape[0] != timestep.shape[0]:
+        raise TernaryConfigError(f"hidden_states has {hidden_states.shape[0]} records, timestep {timestep.shape[0]}")
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(timestep.float().tolist()):
+        groups.setdefault((_digest(hidden_states[i]), t), []).append(i)
+    pairs = sorted(rows for rows in groups.values() if len(rows) == 2)
+    return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
 
 
 def _shard_tensors(records: list[dict], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -257,12 +280,10 @@ class TrajectoryDataset:
         return self.take(shard, rows)
 
     def paired_batch(self, size: int, rng: np.random.Generator) -> tuple[dict, torch.Tensor]:
-        """``size // 2`` classifier-free-guidance pairs (:func:`~.guided.cfg_pairs`) drawn uniformly from one
+        """``size // 2`` classifier-free-guidance pairs (:func:`cfg_pairs`) drawn uniformly from one
         shard, as ``(transformer kwargs, teacher velocity)`` with interleaved rows: ``2p`` the conditional
         call of pair ``p``, ``2p + 1`` its unconditional partner (what :func:`~.guided.guided_error` reads)."""
         if self._pairs is None:
-            from .guided import cfg_pairs
-
             self._pairs = [cfg_pairs(s["hidden_states"], s["timestep"]) for s in self.shards]
         counts = np.array([p.shape[0] for p in self._pairs])
         if counts.sum() == 0:
