@@ -19,6 +19,7 @@ model and both bf16 cuts at once (~12 GB), samples interleaved, ``--rounds`` rou
 
     python benchmarks/flux_cpu_step.py                 # everything (~25 min on 2 cores)
     python benchmarks/flux_cpu_step.py --interleaved-only   # redo the compared times only (~10 min)
+    python benchmarks/flux_cpu_step.py --interleaved-only --compiled   # eager and compiled (~15 min)
     python benchmarks/flux_cpu_step.py --one ternary_int8 --units 19   # one variant, this process
 
 Results: ``benchmarks/results/flux_cpu_step.json``. Never run it while anything else runs on the machine.
@@ -106,26 +107,50 @@ def _stored_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def interleaved(rounds: int) -> dict:
+def interleaved(rounds: int, compiled: bool = False) -> dict:
     """Step times in one process, samples interleaved: the full ternary model (int8, then the same codes with
     16-bit activations via ``set_activations``) and bf16 on the 2- and 4-unit cut configs, ``rounds`` rounds
-    with the order rotating; medians. (Peak RSS needs one process a variant: :func:`one`.)"""
-    from flux import build_variant
-
-    from torch_ternary.quantization.activations import set_activations
+    with the order rotating, after one full-size warm-up step of each; medians. With ``compiled``, the same
+    again after regional ``torch.compile`` of every block of all three models (``flux.compile_blocks_``, what
+    users are told to run), and each mode's ratios plus the best of both modes for each side.
+    (Peak RSS needs one process a variant: :func:`one`.)"""
+    from flux import build_variant, compile_blocks_
 
     torch.manual_seed(0)
     models = {"ternary_full": build_variant("ternary_int8", config_for(FULL_UNITS), "cpu", torch.bfloat16)[0],
               "bf16_2": build_variant("bf16", config_for(2), "cpu", torch.bfloat16)[0],
               "bf16_4": build_variant("bf16", config_for(4), "cpu", torch.bfloat16)[0]}
     inputs, small = step_inputs(config_for(FULL_UNITS))
+    out = _rounds(models, inputs, small, rounds)
+    if compiled:
+        for model in models.values():
+            compile_blocks_(model)
+        out["compiled"] = _rounds(models, inputs, small, rounds)
+        best = {k: min(out["median_s"][k], out["compiled"]["median_s"][k]) for k in out["median_s"]}
+        bf16_full = best["bf16_2"] + (best["bf16_4"] - best["bf16_2"]) / 2 * (FULL_UNITS - 2)
+        out["best_of_modes"] = {"median_s": best, "bf16_full_extrapolated_s": bf16_full,
+                                "ternary_int8_speedup_vs_bf16_full": bf16_full / best["ternary_int8"],
+                                "ternary_16bit_speedup_vs_bf16_full": bf16_full / best["ternary_16bit"]}
+    out["peak_rss_bytes"] = peak_rss_bytes()
+    return out
+
+
+def _rounds(models: dict, inputs: dict, small: dict, rounds: int) -> dict:
+    """One mode of :func:`interleaved`: warm-ups (small input, then one full-size step of every run, which also
+    compiles compiled blocks), then the timed rounds."""
+    from torch_ternary.quantization.activations import set_activations
+
     runs = {"ternary_int8": ("ternary_full", "int8"), "ternary_16bit": ("ternary_full", "16bit"),
             "bf16_2": ("bf16_2", None), "bf16_4": ("bf16_4", None)}
     times: dict[str, list[float]] = {k: [] for k in runs}
     names = list(runs)
     with torch.inference_mode():
-        for model in models.values():
-            model(**small)  # warm-up
+        for name in names:
+            key, act = runs[name]
+            if act is not None:
+                set_activations(models[key], act)
+            models[key](**small)
+            models[key](**inputs)
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 key, act = runs[name]
@@ -140,7 +165,7 @@ def interleaved(rounds: int) -> dict:
     return {"rounds": rounds, "seconds": times, "median_s": med, "bf16_per_unit_s": per_unit,
             "bf16_full_extrapolated_s": bf16_full,
             "ternary_int8_speedup_vs_bf16_full": bf16_full / med["ternary_int8"],
-            "ternary_16bit_speedup_vs_bf16_full": bf16_full / med["ternary_16bit"], "peak_rss_bytes": peak_rss_bytes()}
+            "ternary_16bit_speedup_vs_bf16_full": bf16_full / med["ternary_16bit"]}
 
 
 def spawn(variant: str, units: int, steps: int) -> dict:
@@ -190,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--no-full", action="store_true", help="cut configs only")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing")
+    p.add_argument("--compiled", action="store_true",
+                   help="the interleaved timing also after regional torch.compile of every block")
     p.add_argument("--interleaved-only", action="store_true",
                    help="only the interleaved timing, added to the existing results file")
     args = p.parse_args(argv)
@@ -200,7 +227,7 @@ def main(argv=None) -> int:
         path = RESULTS / "flux_cpu_step.json"
         payload = json.loads(path.read_text())
         payload.pop("environment", None)
-        payload["interleaved"] = interleaved(args.rounds)
+        payload["interleaved"] = interleaved(args.rounds, args.compiled)
         print(json.dumps(payload["interleaved"], indent=2))
         print(f"wrote {write_results('flux_cpu_step', payload)}")
         return 0
@@ -212,7 +239,7 @@ def main(argv=None) -> int:
             rows.append(spawn(v, FULL_UNITS, args.steps))
     payload = {"benchmark": "flux_cpu_step", "config": "FLUX.1-dev (random weights)", "height": HEIGHT,
                "width": WIDTH, "text_tokens": TEXT_TOKENS, "rows": rows, "summary": summarize(rows),
-               "interleaved": interleaved(args.rounds)}
+               "interleaved": interleaved(args.rounds, args.compiled)}
     path = write_results("flux_cpu_step", payload)
     print(json.dumps(payload["summary"], indent=2))
     print(f"wrote {path}")

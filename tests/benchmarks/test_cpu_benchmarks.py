@@ -11,6 +11,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import cpu_kernels
+import cpu_kernels_ab
 import flux_cpu_step
 import peer_ggml
 
@@ -71,3 +72,55 @@ def test_torch_int_mm_side_uses_int8_weights():
     sides = cpu_kernels.build_sides(64, 32, 17, 1 << 14, ["torch_int_mm"])
     side = sides["torch_int_mm"]
     assert side.weights[0].dtype == torch.int8 and side.call().dtype == torch.int32
+
+
+def test_flux_step_rounds_warm_every_run_at_full_size_and_extrapolate():
+    """``interleaved``'s timing loop: every run warmed on the small and the full-size input, then timed once a
+    round; the bf16 full step extrapolated from the two cuts' medians."""
+    calls: dict[str, list[int]] = {}
+
+    class Fake(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.setdefault(self.name, []).append(x.numel())
+            return x * 2
+
+    models = {k: Fake(k) for k in ("ternary_full", "bf16_2", "bf16_4")}
+    out = flux_cpu_step._rounds(models, {"x": torch.ones(8)}, {"x": torch.ones(1)}, rounds=3)
+    assert {k: len(v) for k, v in out["seconds"].items()} == dict.fromkeys(
+        ("ternary_int8", "ternary_16bit", "bf16_2", "bf16_4"), 3)
+    assert calls["ternary_full"] == [1, 8, 1, 8] + [8] * 6 and calls["bf16_2"] == [1, 8] + [8] * 3
+    med = out["median_s"]
+    assert out["bf16_full_extrapolated_s"] == pytest.approx(
+        med["bf16_2"] + (med["bf16_4"] - med["bf16_2"]) / 2 * (flux_cpu_step.FULL_UNITS - 2))
+    assert out["ternary_int8_speedup_vs_bf16_full"] == pytest.approx(out["bf16_full_extrapolated_s"] / med["ternary_int8"])
+
+
+def test_ab_reads_each_revisions_chunk_settings():
+    text = cpu_kernels_ab.revision_file("HEAD", "torch_ternary/kernels/cpu/__init__.py")
+    got = cpu_kernels_ab.chunk_settings(text)
+    assert set(got) == {"AMX_CHUNK_ROWS", "AMX_BF16_CHUNK_TOKENS"} and all(v >= 32 for v in got.values())
+    assert cpu_kernels_ab.chunk_settings("AMX_CHUNK_ROWS = 96\nAMX_BF16_CHUNK_TOKENS = 64\n") == {
+        "AMX_CHUNK_ROWS": 96, "AMX_BF16_CHUNK_TOKENS": 64}
+    with pytest.raises(ValueError, match="AMX_CHUNK_ROWS"):
+        cpu_kernels_ab.chunk_settings("nothing here")
+
+
+def test_ab_sides_compute_one_product():
+    from torch_ternary.kernels import cpu
+
+    if "amx" not in cpu.available_isas():
+        pytest.skip("needs AMX")
+    module = cpu.load()
+    builds = {"base": (module, {"AMX_CHUNK_ROWS": 64, "AMX_BF16_CHUNK_TOKENS": 32}),
+              "new": (module, {"AMX_CHUNK_ROWS": cpu.AMX_CHUNK_ROWS, "AMX_BF16_CHUNK_TOKENS": cpu.AMX_BF16_CHUNK_TOKENS})}
+    sides = cpu_kernels_ab.sides_for(200, 70, 150, builds, a16=True)
+    assert set(sides) == {"torch_bf16", "a8_base", "a8_new", "a16_base", "a16_new"}
+    ref = sides["torch_bf16"].call().double()
+    assert torch.equal(sides["a8_base"].call(), sides["a8_new"].call())  # chunks change nothing in int8
+    for name in ("a8_new", "a16_base", "a16_new"):
+        out = sides[name].call().double()
+        assert float((out - ref).norm() / ref.norm()) < (0.02 if name.startswith("a8") else 0.01), name

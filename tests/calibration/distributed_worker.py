@@ -1,7 +1,7 @@
 """One rank of the distributed calibration tests (tests/calibration/test_distributed.py runs it under torchrun).
 
     torchrun --standalone --nproc-per-node N tests/calibration/distributed_worker.py OUT [--steps S] [--kill-at K]
-        [--only scales|qat] [--float64] [--threads T]
+        [--only scales|qat] [--float64] [--threads T] [--guided W]
 
 Every rank loads the shipped full-precision Mini FLUX, records teacher trajectories into ``OUT/traj``,
 runs GPTQ layer-wise calibration and then 20 distillation steps twice (scales only: DDP; QAT: FSDP2),
@@ -11,6 +11,8 @@ exported codes), and every rank ``shard_<rank>.json`` (how much of the QAT state
 ``--kill-at K``: rank 1 SIGKILLs itself when it draws its K-th QAT batch (after a checkpoint).
 ``--float64``: the distillation runs on a float64 copy of the student and float64 inputs (the same algorithm
 with float rounding out of the way). ``--threads T``: intra-op threads a rank (another float rounding).
+``--guided W``: the guided-velocity term at weight W (batches of 3 (conditional, unconditional) pairs, which 2
+ranks split 2 + 1, whole pairs on a rank), at the pipeline's own true_cfg_scale.
 """
 
 import argparse
@@ -31,6 +33,7 @@ from torch_ternary.calibration import distill as distill_module
 from torch_ternary.calibration.distill import _optimizer as make_optimizer
 from torch_ternary.calibration.distill import distill
 from torch_ternary.calibration.distributed import ranks_from_env
+from torch_ternary.calibration.guided import sampler_guidance_scale
 from torch_ternary.calibration.layerwise import layerwise_calibrate
 from torch_ternary.calibration.parallel import trainable_state
 from torch_ternary.calibration.trainable import export_from_state, make_trainable
@@ -50,6 +53,7 @@ def main() -> int:
     parser.add_argument("--only", choices=["scales", "qat"], default=None)
     parser.add_argument("--float64", action="store_true", help="distil a float64 student (latents, scales, inputs)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads a rank (changes float rounding)")
+    parser.add_argument("--guided", type=float, default=0.0, help="guided-velocity loss weight (batches of 3 pairs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ranks = ranks_from_env("cpu")
@@ -88,7 +92,9 @@ def main() -> int:
                 return draw(*a, **k)
 
             data.batch = dying
-        cfg = DistillConfig(steps=args.steps, batch_size=5, warmup=2, checkpoint_every=10)  # the recipe's learning rates
+        guided = dict(batch_size=6, guided_loss_weight=args.guided, guidance_scale=sampler_guidance_scale(pipe)) \
+            if args.guided else dict(batch_size=5)
+        cfg = DistillConfig(steps=args.steps, warmup=2, checkpoint_every=10, **guided)  # the recipe's learning rates
         made = []
         distill_module._optimizer = lambda *a, _make=make_optimizer: made.append(_make(*a)) or made[-1]
         distill(s, data, cfg, checkpoint_dir=out / f"ckpt_{method}", ranks=ranks)

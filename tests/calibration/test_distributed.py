@@ -104,6 +104,16 @@ def test_qat_under_fsdp2_in_float64_is_the_one_rank_algorithm(tmp_path):
     assert code_agreement(a, b) == 1.0
 
 
+def test_guided_loss_under_fsdp2_in_float64_is_the_one_rank_algorithm(tmp_path):
+    """The guided-velocity term (calibration/guided.py) on 2 FSDP2 ranks: each rank's part of a batch holds whole
+    (conditional, unconditional) pairs (3 pairs: 2 + 1), and the result is the one-rank result (float64)."""
+    run_worker(1, tmp_path / "n1", "--only", "qat", "--float64", "--guided", "3")
+    run_worker(2, tmp_path / "n2", "--only", "qat", "--float64", "--guided", "3")
+    a, b = (load_file(str(tmp_path / n / "qat.safetensors")) for n in ("n1", "n2"))
+    assert rel(a, b, ".latent") <= 1e-9 and rel(a, b, ".scale") <= 1e-9
+    assert code_agreement(a, b) == 1.0
+
+
 def test_fsdp2_holds_one_half_of_the_latent_weights_and_adam_state_per_rank(runs):
     shards = [json.loads((runs[1] / f"shard_{r}.json").read_text()) for r in (0, 1)]
     for key in ("latent", "adam"):

@@ -232,6 +232,30 @@ def test_amx_token_chunks(dtype, chunk, monkeypatch):
                       layout="contiguous", has_bias=True, outlier=True, seed=7), "amx")
 
 
+@pytest.mark.parametrize("m, k, n", [
+    (32, 1024, 256),     # one K block (KBS = 16 steps, 1024 weights) and one 256-row thread block exactly
+    (100, 1040, 300),    # a second K block of one chunk; past one thread block, the second one partial
+    (300, 2100, 40),     # three K blocks, the last partial; activation blocks of 128 rows and a partial one
+    (1100, 200, 520),    # three token chunks (512 rows), the last 76 tokens; the next-block prefetch at each edge
+])
+def test_amx_int8_kernel_on_block_edges(m, k, n):
+    """The AMX-INT8 kernel's blocking (NBA weight rows, KBS steps a K block, MBA activation rows, AMX_CHUNK_ROWS
+    a chunk, the prefetch of the next activation block) on shapes that cross every edge: linear_a8 bit-exact with
+    the reference, and the limb path of float32 tokens (the same tiles) within its accuracy bound."""
+    require_isa("amx")
+    packed, scale, gs, _, _ = make_weight(n, k, "per_channel", 16, m + k + n)
+    x = make_input(m, k, torch.bfloat16, "contiguous", m + k, True, False)
+    bias = torch.randn(n).to(torch.bfloat16)
+    before = cpu.STATS["linear_a8:amx"]
+    with forced_isa("amx"):
+        y = torch.ops.torch_ternary.linear_a8(x, packed, scale, bias, k, gs, "int8")
+    assert cpu.STATS["linear_a8:amx"] == before + 1
+    ref = backends.reference("linear_a8")(x, packed, scale, bias, k, gs, "int8")
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    _check_16bit(dict(m=m, k=k, n=n, dtype=torch.float32, granularity="per_tensor", group=16, layout="contiguous",
+                      has_bias=True, outlier=True, seed=m + n), "amx")
+
+
 @pytest.mark.parametrize("isa", ALL_ISAS)
 def test_16bit_nan_and_inf_rows_stay_in_their_rows(isa):
     """A token with a NaN gives NaN outputs in its own row only, as the dense product does."""

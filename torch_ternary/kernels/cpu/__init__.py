@@ -78,8 +78,8 @@ AMX_BF16_MIN_ROWS = 64
 #: stay in L2 across the K blocks (each chunk decodes the weights again)
 AMX_BF16_CHUNK_TOKENS = 1024
 #: the AMX-INT8 kernel takes tokens in chunks of about this many prepared rows (tokens x limbs, rounded to whole
-#: tokens and 32 rows), for the same reason (int32 accumulators: chunk x 128)
-AMX_CHUNK_ROWS = 1024
+#: tokens and 32 rows), for the same reason (int32 accumulators: chunk x 256 weight rows, 512 KB at 512)
+AMX_CHUNK_ROWS = 512
 #: limbs a token, by activation dtype (16-bit mode)
 LIMBS = {torch.float32: 3, torch.bfloat16: 2, torch.float16: 2}
 #: a call gets one more limb a token when a token's max |x| / rms(x) exceeds this (16-bit mode): the limbs'

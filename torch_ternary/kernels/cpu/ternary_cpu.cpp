@@ -650,22 +650,28 @@ void epilogue_avx512(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
 // per-tensor scales. C = u x q^T: the A tile is 16 prepared activation rows (u = v + 128, unsigned) of one
 // (chunk, shift) step, loaded straight from the prepared layout; the B tile is the same step's weights
 // q = c - 1 of 16 output rows in AMX's pairing layout ([word][16 rows][4 bytes]), decoded in registers and
-// transposed (16 x 16 dwords) into a small scratch block per 128 weight rows and 2048 weights: the scratch
-// is transient, the resident weight stays 2-bit. The u8 offset is corrected per output column with the
-// weight row sums (sum q u = sum q v + 128 sum q). Tiles: C 2 x 2 (32 activation rows x 32 weight rows,
-// int32, accumulated across K blocks in the block's C buffer), A 2, B 2. Tokens go in chunks of about `chunk_rows`
-// prepared rows (the Python side's AMX_CHUNK_ROWS, rounded down to whole tokens and a multiple of 32 rows; 1024:
-// 1024 int8 tokens, 512 of two limbs, 320 of three): the chunk's C block (512 KB) stays in L2 while the K blocks
-// accumulate into it, and each chunk decodes the block's weights again (unchunked, 4096 int8 tokens made C 2 MB:
-// 1.25x-1.3x the time of four 1024-token calls on the long-K shapes).
+// transposed (16 x 16 dwords) into a small scratch block per NBA = 256 weight rows and KBS = 16 steps (1024
+// weights; 256 KB): the scratch is transient, the resident weight stays 2-bit. The u8 offset is corrected per
+// output column with the weight row sums (sum q u = sum q v + 128 sum q). Tiles: C 2 x 2 (32 activation rows x
+// 32 weight rows, int32, accumulated across K blocks in the block's C buffer), A 2, B 2. Tokens go in chunks of
+// about `chunk_rows` prepared rows (the Python side's AMX_CHUNK_ROWS, rounded down to whole tokens and a multiple
+// of 32 rows; 512: 512 int8 tokens, 256 of two limbs, 160 of three): the chunk's C block (512 rows x 256 x 4 B =
+// 512 KB) stays in L2 while the K blocks accumulate into it, and each chunk decodes the block's weights again
+// (unchunked, 4096 int8 tokens made C 2 MB: 1.25x-1.3x the time of four 1024-token calls on the long-K shapes).
+// amx_kblock sweeps the weight block's 8 row-tile pairs over one activation block of MBA = 128 rows (its K block,
+// 128 KB, stays in L2), and while it does, each pair prefetches (prefetcht1) two lines of every tile of the next
+// activation block: without it the first pair over a block waited on L3 (measured on a Xeon whose tdpbusd takes
+// ~4.3 ns, where these loads, not the products, bound the kernel: 128 -> 256 weight rows, 2048 -> 1024 weights a K
+// block, the prefetch and 1024 -> 512 chunk rows took linear_a8 at M = 1024 from 1.37x-1.54x to 1.52x-1.76x
+// torch bf16 on five FLUX shapes: benchmarks/cpu_kernels_ab.py).
 
 using torch_ternary_amx::amx_configure;
 using torch_ternary_amx::amx_release;
 using torch_ternary_amx::amx_usable;
 using torch_ternary_amx::transpose16x16;
 
-constexpr int64_t NBA = 128;     // weight rows of an AMX thread block (8 tiles of 16)
-constexpr int64_t KBS = 32;      // (chunk, shift) steps of an AMX K block: 8 chunks, 2048 weights
+constexpr int64_t NBA = 256;     // weight rows of an AMX thread block (16 tiles of 16)
+constexpr int64_t KBS = 16;      // (chunk, shift) steps of an AMX K block: 4 chunks, 1024 weights (B scratch 256 KB)
 
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
@@ -704,7 +710,7 @@ void decode_for_amx(const uint8_t* W, int64_t ldw, int64_t words, int64_t n0, in
   }
 }
 
-// C [rows][ldc] int32 (block columns 0..127) += A (prepared rows, this K block) x B (this K block)
+// C [rows][ldc] int32 (block columns 0..NBA-1) += A (prepared rows, this K block) x B (this K block)
 void amx_kblock(const uint8_t* U, int64_t steps, int64_t rows, const uint8_t* B, int64_t s0, int64_t ns, int32_t* C,
                 int64_t ldc, bool first) {
   const int64_t stride_c = ldc * 4;
@@ -722,7 +728,16 @@ void amx_kblock(const uint8_t* U, int64_t steps, int64_t rows, const uint8_t* B,
       const uint8_t* b1 = b0 + ns * 1024;
       const uint8_t* a0 = U + ((m0 / 16) * steps + s0) * 1024;  // tiled layout: one step of 16 rows, 1 KB
       const uint8_t* a1 = a0 + steps * 1024;
+      // the next activation block's tiles of this K block, two lines of each per row-tile pair (prefetcht1: L2)
+      const bool pf = m0 + MBA < rows;
+      const uint8_t* pa = a0 + (MBA / 16) * steps * 1024 + nt * 64;
       for (int64_t s = 0; s < ns; ++s) {
+        if (pf) {
+          _mm_prefetch(reinterpret_cast<const char*>(pa + s * 1024), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pa + s * 1024 + 64), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pa + (steps + s) * 1024), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(pa + (steps + s) * 1024 + 64), _MM_HINT_T1);
+        }
         _tile_loadd(4, a0 + s * 1024, 64);
         _tile_loadd(5, a1 + s * 1024, 64);
         _tile_loadd(6, b0 + s * 1024, 64);
@@ -798,7 +813,7 @@ torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& packed
       Aligned<int32_t> C;
       C.assign(chunk_rows * NBA, 0);
       std::vector<int32_t> rsum(NBA), colcorr(NBA);
-      std::vector<uint8_t> Bscr(8 * KBS * 1024 + 64);
+      std::vector<uint8_t> Bscr(NBA / 16 * KBS * 1024 + 64);
       uint8_t* B = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(Bscr.data()) + 63) & ~uintptr_t(63));
       Epilogue ep = e;
       ep.ldc = NBA;
