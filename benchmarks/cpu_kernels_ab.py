@@ -9,7 +9,9 @@ samples interleaved, medians (``cpu_kernels.measure``). Sides:
 
 * ``torch_bf16``: ``F.linear`` on dense bf16 weights;
 * ``a8_base`` / ``a8_new``: ``torch_ternary::linear_a8``'s kernel (``ternary_linear``, int8 mode, the AMX ISA);
-* with ``--a16``, ``a16_base`` / ``a16_new``: the AMX-BF16 kernel (``ternary_linear_bf16_amx``).
+* with ``--a16``, ``a16_base`` / ``a16_new``: the AMX-BF16 kernel (``ternary_linear_bf16_amx``);
+* with ``--fp32``, ``fp32_base`` / ``fp32_new``: float32 tokens as three int8 limbs on the AMX-INT8 kernel (what
+  ``torch_ternary::linear`` runs for float32 activations at large M).
 
 Before timing, ``a8_base`` and ``a8_new`` must give bit-identical outputs (the int8 arithmetic is exact).
 
@@ -77,14 +79,16 @@ def build_revision(rev: str, folder: Path):
                     verbose=False)
 
 
-def sides_for(k: int, n: int, m: int, builds: dict, a16: bool) -> dict[str, Side]:
+def sides_for(k: int, n: int, m: int, builds: dict, a16: bool, fp32: bool = False) -> dict[str, Side]:
     """torch bf16 and each build's kernels on one product: random ternary codes, per-channel scales, bf16 x."""
     from torch_ternary.format import packing
+    from torch_ternary.kernels import cpu
 
     g = torch.Generator().manual_seed(k * 7 + n)
     codes = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
     scale = torch.rand(n, 1, generator=g) * 0.02 + 0.01
-    x = torch.randn(m, k, generator=g).bfloat16()
+    x32 = torch.randn(m, k, generator=g)
+    x = x32.bfloat16()
     total = cycle_bytes()
     sides = {"torch_bf16": Side("torch_bf16", lambda w: F.linear(x, w), _copies((codes.float() * scale).bfloat16(), total))}
     packed = _copies(packing.pack_codes(codes), total)
@@ -94,6 +98,10 @@ def sides_for(k: int, n: int, m: int, builds: dict, a16: bool) -> dict[str, Side
         if a16:
             sides[f"a16_{tag}"] = Side(f"a16_{tag}", lambda p, mod=module, c=chunks: mod.ternary_linear_bf16_amx(
                 x, p, scale, None, k, c["AMX_BF16_CHUNK_TOKENS"]), packed)
+        if fp32:
+            sides[f"fp32_{tag}"] = Side(f"fp32_{tag}", lambda p, mod=module, c=chunks: mod.ternary_linear(
+                x32, p, scale, None, k, 0, "amx", cpu.LIMBS[torch.float32], False, cpu.RANGE_LIMIT[torch.float32],
+                c["AMX_CHUNK_ROWS"]), packed)
     return sides
 
 
@@ -104,6 +112,7 @@ def main(argv=None) -> int:
                    default=[(3072, 3072), (12288, 3072), (3072, 18432)], help="K x N")
     p.add_argument("--ms", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--a16", action="store_true", help="also the AMX-BF16 kernel of both builds")
+    p.add_argument("--fp32", action="store_true", help="also float32 tokens (int8 limbs) on both builds")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", default="cpu_kernels_ab", help="results name under benchmarks/results/")
     args = p.parse_args(argv)
@@ -120,7 +129,7 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             for k, n in args.shapes:
                 for m in args.ms:
-                    sides = sides_for(k, n, m, builds, args.a16)
+                    sides = sides_for(k, n, m, builds, args.a16, args.fp32)
                     if not torch.equal(sides["a8_base"].call(), sides["a8_new"].call()):
                         raise SystemExit(f"the two builds' int8 products differ at K={k} N={n} M={m}")
                     res = measure(sides, args.repeats)
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
                     print(f"K={k:5d} N={n:5d} M={m:5d}  " + "  ".join(
                         f"{name}={r['median_ms']:.3g}ms({r['speedup_vs_bf16']:.2f}x)" for name, r in res.items()),
                         flush=True)
-    payload = {"benchmark": "cpu_kernels_ab", "base": args.base,
+    payload = {"benchmark": "cpu_kernels_ab", "base": args.base, "argv": sys.argv[1:] if argv is None else argv,
                "base_revision": subprocess.run(["git", "rev-parse", args.base], cwd=ROOT, capture_output=True,
                                                text=True).stdout.strip(),
                "chunks": {tag: c for tag, (_, c) in builds.items()}, "threads": torch.get_num_threads(),

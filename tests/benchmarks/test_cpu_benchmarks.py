@@ -117,10 +117,10 @@ def test_ab_sides_compute_one_product():
     module = cpu.load()
     builds = {"base": (module, {"AMX_CHUNK_ROWS": 64, "AMX_BF16_CHUNK_TOKENS": 32}),
               "new": (module, {"AMX_CHUNK_ROWS": cpu.AMX_CHUNK_ROWS, "AMX_BF16_CHUNK_TOKENS": cpu.AMX_BF16_CHUNK_TOKENS})}
-    sides = cpu_kernels_ab.sides_for(200, 70, 150, builds, a16=True)
-    assert set(sides) == {"torch_bf16", "a8_base", "a8_new", "a16_base", "a16_new"}
+    sides = cpu_kernels_ab.sides_for(200, 70, 150, builds, a16=True, fp32=True)
+    assert set(sides) == {"torch_bf16", "a8_base", "a8_new", "a16_base", "a16_new", "fp32_base", "fp32_new"}
     ref = sides["torch_bf16"].call().double()
     assert torch.equal(sides["a8_base"].call(), sides["a8_new"].call())  # chunks change nothing in int8
-    for name in ("a8_new", "a16_base", "a16_new"):
+    for name in ("a8_new", "a16_base", "a16_new", "fp32_base", "fp32_new"):
         out = sides[name].call().double()
         assert float((out - ref).norm() / ref.norm()) < (0.02 if name.startswith("a8") else 0.01), name
