@@ -31,12 +31,15 @@
 // accumulate into it (unchunked, 4096 tokens made it 4 MB: 12288 -> 3072 took 4.7x, 3072 -> 12288 4.3x-8.6x the
 // time of 1024 tokens); each chunk decodes the weights again. Per thread block of
 // NBT = 256 weight rows (torch's intra-op pool splits the blocks: at::parallel_for, so torch.set_num_threads
-// applies) and per K block of KBT = 32 steps (1024 weights): decode the block's B (512 KB), then for groups of
-// MBT = 64 tokens (their 128 KB K block stays in L2 while all 8 pairs of row tiles use it) 2 x 2 C tiles
+// applies) and per K block of KBT = 16 steps (512 weights): decode the block's B (256 KB), then for groups of
+// MBT = 64 tokens (their 64 KB K block stays in L2 while all 8 pairs of row tiles use it) 2 x 2 C tiles
 // accumulate over the K block (loaded from / stored to the block's float32 C buffer between K blocks). The
 // tile loads, not the products, bound it (4 loads of 1 KB a 4 products; from L2). The epilogue multiplies by
-// the weight scale, adds the bias and rounds to bf16 (nearest even, NaN -> 0x7FC0). The last row-tile pair over
-// a token group prefetches the next group's A tiles (prefetcht1).
+// the weight scale, adds the bias and rounds to bf16 (nearest even, NaN -> 0x7FC0). While a token group is
+// swept, every row-tile pair prefetches (prefetcht1) two lines of each of the next group's A tiles, so the
+// prefetch is spread over the sweep (on the VM's current host, where a tile product takes 4.3 ns, KBT 32 -> 16
+// and the spread prefetch were 3-9 % faster on 8 of 10 FLUX shape rows at M = 1024 / 4096 and 1-2 % slower on
+// two: benchmarks/cpu_kernels_ab.py).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -55,7 +58,7 @@ namespace {
 using namespace torch_ternary_amx;
 
 constexpr int64_t NBT = 256;  // weight rows of a thread block (16 row tiles of 16)
-constexpr int64_t KBT = 32;   // 32-weight steps of a K block (1024 weights; a multiple of 8 steps = one chunk)
+constexpr int64_t KBT = 16;   // 32-weight steps of a K block (512 weights; a multiple of 8 steps = one chunk)
 constexpr int64_t MBT = 64;   // tokens whose K block (128 KB) stays in L2 while the 8 row-tile pairs sweep past
 constexpr int64_t kStepElems = 16 * 32;  // bf16 elements of one B step tile (16 pair rows x 32)
 
@@ -111,15 +114,16 @@ void kblock_bf16(const uint16_t* A, int64_t steps, int64_t groups, const uint16_
         const uint16_t* a1 = a0 + steps * 512;
         // the last pair of row tiles over this token group prefetches the next group's A tiles into L2 (the first
         // pass over a group otherwise waits for them from L3 / DRAM: measured 1.04x vs 0.91x torch on 12288 -> 3072)
-        const bool prefetch = tile == NBT / 16 - 2 && g + MBT / 16 < groups;
-        const char* p0 = reinterpret_cast<const char*>(a0 + (MBT / 16) * steps * 512);
-        const char* p1 = reinterpret_cast<const char*>(a1 + (MBT / 16) * steps * 512);
+        const bool prefetch = g + MBT / 16 < groups;
+        const char* p0 = reinterpret_cast<const char*>(a0 + (MBT / 16) * steps * 512) + tile * 64;
+        const char* p1 = reinterpret_cast<const char*>(a1 + (MBT / 16) * steps * 512) + tile * 64;
         for (int64_t t = 0; t < nt; ++t) {
-          if (prefetch)
-            for (int l = 0; l < 16; ++l) {
-              _mm_prefetch(p0 + t * 1024 + l * 64, _MM_HINT_T1);
-              _mm_prefetch(p1 + t * 1024 + l * 64, _MM_HINT_T1);
-            }
+          if (prefetch) {
+            _mm_prefetch(p0 + t * 1024, _MM_HINT_T1);
+            _mm_prefetch(p0 + t * 1024 + 64, _MM_HINT_T1);
+            _mm_prefetch(p1 + t * 1024, _MM_HINT_T1);
+            _mm_prefetch(p1 + t * 1024 + 64, _MM_HINT_T1);
+          }
           _tile_loadd(4, a0 + t * 512, 64);
           _tile_loadd(5, a1 + t * 512, 64);
           _tile_loadd(6, b0 + t * kStepElems, 64);
