@@ -144,20 +144,23 @@ def _rounds(models: dict, inputs: dict, small: dict, rounds: int) -> dict:
             "bf16_2": ("bf16_2", None), "bf16_4": ("bf16_4", None)}
     times: dict[str, list[float]] = {k: [] for k in runs}
     names = list(runs)
+
+    def model_for(name: str):
+        key, act = runs[name]
+        if act is not None:
+            set_activations(models[key], act)
+        return models[key]
+
     with torch.inference_mode():
         for name in names:
-            key, act = runs[name]
-            if act is not None:
-                set_activations(models[key], act)
-            models[key](**small)
-            models[key](**inputs)
+            model = model_for(name)
+            model(**small)
+            model(**inputs)
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                key, act = runs[name]
-                if act is not None:
-                    set_activations(models[key], act)
+                model = model_for(name)
                 t0 = time.perf_counter()
-                models[key](**inputs)
+                model(**inputs)
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     per_unit = (med["bf16_4"] - med["bf16_2"]) / 2
