@@ -33,6 +33,17 @@ def reference_ops(monkeypatch):
     monkeypatch.setenv("TORCH_TERNARY_CPU_ISA", "reference")
 
 
+def check_stored_output(out: torch.Tensor, stored: torch.Tensor) -> None:
+    """The plain-torch ops reproduce the stored output: bit for bit in 16-bit dtypes; in float32 within 1e-6
+    relative, since the dense float32 layers go to torch's CPU GEMM, which sums in an ISA-dependent order (on an
+    AVX2-only host the float32 file's output was 1.8e-7 off at most; 16-bit outputs stay identical)."""
+    if stored.dtype == torch.float32:
+        assert out.dtype == stored.dtype and out.shape == stored.shape
+        assert float((out.double() - stored.double()).norm() / stored.double().norm()) <= 1e-6
+    else:
+        assert torch.equal(out, stored)
+
+
 def check_kernel_output(monkeypatch, forward, stored: torch.Tensor) -> None:
     """With the compiled CPU kernels (when built) the output matches the stored one within the dtype's rounding."""
     monkeypatch.delenv("TORCH_TERNARY_CPU_ISA")
@@ -77,7 +88,7 @@ def test_single_file_loads_bit_identically(case, plain, reference_ops, monkeypat
     check_entries(model, case, spec["entries"], plain)
     x = torch.randn(3, 20, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
-        assert torch.equal(model(x), plain[f"{case}/__output__"])
+        check_stored_output(model(x), plain[f"{case}/__output__"])
     check_kernel_output(monkeypatch, lambda: model(x), plain[f"{case}/__output__"])
 
 
@@ -105,7 +116,7 @@ def test_diffusers_folder_loads_bit_identically(plain, reference_ops, monkeypatc
     inputs = example_inputs(FLUX_TINY_CONFIG, dtype=torch.bfloat16)
     with torch.no_grad():
         out = model(**inputs)[0]
-    assert torch.equal(out, plain[f"{spec['folder']}/__output__"])
+    check_stored_output(out, plain[f"{spec['folder']}/__output__"])
     check_kernel_output(monkeypatch, lambda: model(**inputs)[0], plain[f"{spec['folder']}/__output__"])
 
 
