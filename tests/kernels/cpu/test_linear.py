@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ops.test_ternary_linear import make_weight  # (tests/ is on sys.path: pytest rootdir-less packages)
 
+from torch_ternary.format import packing
 from torch_ternary.kernels import cpu
 from torch_ternary.ops import backends
 
@@ -254,6 +255,31 @@ def test_amx_int8_kernel_on_block_edges(m, k, n):
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
     _check_16bit(dict(m=m, k=k, n=n, dtype=torch.float32, granularity="per_tensor", group=16, layout="contiguous",
                       has_bias=True, outlier=True, seed=m + n), "amx")
+
+
+@pytest.mark.parametrize("sign", [1, -1, 0])
+def test_avx2_int16_sums_at_their_largest_across_flushes(sign):
+    """The AVX2 kernel (per-channel / per-tensor scales) sums vpmaddubsw pairs in int16 for 4 chunks (1024
+    weights) before widening: with every weight +1 (or -1, or alternating) and every activation at +-127, the
+    largest sums it can see, on K = 2600 (three flushes, the last one partial, a partial chunk) and on every
+    token count of a tile (M = 1..5) the int8 result is bit-exact with the reference, and so is the 16-bit one
+    within its bound."""
+    require_isa("avx2")
+    n, k = 7, 2600
+    codes = torch.full((n, k), sign, dtype=torch.int8) if sign else (torch.arange(k) % 2 * 2 - 1).to(torch.int8).expand(n, k)
+    packed = packing.pack_codes(codes.contiguous())
+    scale = torch.full((n, 1), 0.01)
+    for m in range(1, 6):
+        x = torch.ones(m, k) * torch.tensor([1.0, -1.0, 0.5, -0.25, 2.0])[:m, None]
+        before = cpu.STATS["linear_a8:avx2"]
+        with forced_isa("avx2"):
+            y = torch.ops.torch_ternary.linear_a8(x, packed, scale, None, k, k, "int8")
+            y16 = torch.ops.torch_ternary.linear(x, packed, scale, None, k, k)
+        assert cpu.STATS["linear_a8:avx2"] == before + 1
+        ref = backends.reference("linear_a8")(x, packed, scale, None, k, k, "int8")
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        dense = x.double() @ (codes.double() * 0.01).T
+        assert rel_fro(y16, dense) <= 1e-5 if sign else float((y16.double() - dense).abs().max()) <= 1e-4
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)

@@ -59,6 +59,7 @@
 
 #include "amx_tiles.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
@@ -427,7 +428,81 @@ void tile_avx2_t(const TileArgs& a) {
     }
 }
 
+// Per-channel / per-tensor scales (no per-word scaling): RB weight rows x MR prepared rows of a tile, with int16
+// accumulators. AVX2 has 16 ymm registers, so the tile's 4 weight rows go in passes of RB = 2 (MR x RB = 8
+// accumulators, 2 decoded code vectors, the activation vector and the mask: 12). vpmaddubsw(c, v) gives
+// pair sums |c0 v0 + c1 v1| <= 2 * 2 * 128 = 512 (codes c in {0, 1, 2}, v int8), so 32 of them (kFlushChunks = 4
+// chunks: 2 halves x 4 shifts each) stay below 16384 in int16; then vpmaddwd by ones widens them into the int32
+// sums (kept in memory: touched once every 4 chunks). One multiply a 32 products instead of two.
+constexpr int64_t kFlushChunks = 4;
+
+template <int MR, int RB>
+void rows_avx2_t(const TileArgs& a, int r0, __m256i (&acc32)[4][NR]) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const uint8_t* wrow[RB];
+  for (int r = 0; r < RB; ++r) wrow[r] = a.w + (r0 + r < a.nr ? r0 + r : 0) * a.ldw;
+  const char* next = reinterpret_cast<const char*>(a.w + NR * a.ldw);  // the next tile's rows (memory order)
+  const int64_t next_lines = (NR * a.ldw + 63) / 64;
+  const bool prefetch = a.prefetch && r0 == 0;
+  for (int64_t c0 = 0; c0 < a.kc; c0 += kFlushChunks) {
+    __m256i acc[MR][RB];
+    for (int mm = 0; mm < MR; ++mm)
+      for (int r = 0; r < RB; ++r) acc[mm][r] = _mm256_setzero_si256();
+    for (int64_t c = c0; c < std::min(a.kc, c0 + kFlushChunks); ++c) {
+      if (prefetch)  // weights stream from DRAM once: fetch the next tile's (L1) and the one after (L2) meanwhile
+        for (int64_t line = c * next_lines / a.kc; line < (c + 1) * next_lines / a.kc; ++line) {
+          _mm_prefetch(next + line * 64, _MM_HINT_T0);
+          _mm_prefetch(next + NR * a.ldw + line * 64, _MM_HINT_T1);
+        }
+      for (int h = 0; h < 2; ++h) {  // the two halves (words 0-7, 8-15) of the chunk
+        const int64_t w0 = c * 16 + h * 8;
+        const int64_t valid = a.words - w0;
+        if (valid <= 0) break;
+        __m256i raw[RB];
+        for (int r = 0; r < RB; ++r) raw[r] = load_words_avx2(wrow[r] + w0 * 4, valid);  // zero past the row
+        const uint8_t* up = a.u + c * kChunkWeights + h * 32;
+        for (int i = 0; i < 4; ++i) {
+          __m256i wq[RB];
+          for (int r = 0; r < RB; ++r) wq[r] = _mm256_and_si256(_mm256_srli_epi32(raw[r], 2 * i), m3);  // codes c
+          for (int mm = 0; mm < MR; ++mm) {
+            const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(up + mm * a.ldu + i * 64));
+            for (int r = 0; r < RB; ++r) acc[mm][r] = _mm256_add_epi16(acc[mm][r], _mm256_maddubs_epi16(wq[r], u));
+          }
+        }
+      }
+    }
+    const __m256i one16 = _mm256_set1_epi16(1);
+    for (int mm = 0; mm < MR; ++mm)
+      for (int r = 0; r < RB; ++r)
+        acc32[mm][r0 + r] = _mm256_add_epi32(acc32[mm][r0 + r], _mm256_madd_epi16(acc[mm][r], one16));
+  }
+}
+
+template <int MR>
+void tile_avx2_channel_t(const TileArgs& a) {
+  __m256i acc32[4][NR];
+  for (int mm = 0; mm < 4; ++mm)
+    for (int r = 0; r < NR; ++r) acc32[mm][r] = _mm256_setzero_si256();
+  for (int r0 = 0; r0 < a.nr; r0 += 2) rows_avx2_t<MR, 2>(a, r0, acc32);
+  for (int mm = 0; mm < a.mr; ++mm)
+    for (int r = 0; r < a.nr; ++r) {
+      alignas(32) int32_t t[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc32[mm][r]);
+      int32_t s = 0;
+      for (int32_t v : t) s += v;
+      a.C[mm * NR + r] = s;
+    }
+}
+
 void tile_avx2(const TileArgs& a) {
+  if (!a.gscale) {
+    switch (a.mr) {
+      case 1: return tile_avx2_channel_t<1>(a);
+      case 2: return tile_avx2_channel_t<2>(a);
+      case 3: return tile_avx2_channel_t<3>(a);
+      default: return tile_avx2_channel_t<4>(a);
+    }
+  }
   switch (a.mr) {
     case 1: return tile_avx2_t<1>(a);
     case 2: return tile_avx2_t<2>(a);
