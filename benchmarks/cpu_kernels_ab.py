@@ -14,7 +14,9 @@ samples interleaved, medians (``cpu_kernels.measure``). Sides:
 * with ``--a16``, ``a16_base`` / ``a16_new``: bf16 tokens in 16-bit mode: on ``amx`` the AMX-BF16 kernel
   (``ternary_linear_bf16_amx``), elsewhere two int8 limbs a token on the ``--isa`` variant;
 * with ``--fp32``, ``fp32_base`` / ``fp32_new``: float32 tokens as three int8 limbs on the ``--isa`` variant (what
-  ``torch_ternary::linear`` runs for float32 activations at large M).
+  ``torch_ternary::linear`` runs for float32 activations at large M), and ``fp32_reference``: the plain-torch
+  reference op on them (dequantize in chunks, then torch's float32 GEMM), which the dispatcher takes instead of
+  the limbs for float32 tokens from ``AVX2_FP32_REFERENCE_MIN_TOKENS`` on CPUs whose best ISA is ``avx2``.
 
 Before timing, ``a8_base`` and ``a8_new`` must give bit-identical outputs (the int8 arithmetic is exact).
 
@@ -115,6 +117,11 @@ def sides_for(k: int, n: int, m: int, builds: dict, a16: bool, fp32: bool = Fals
             sides[f"fp32_{tag}"] = Side(f"fp32_{tag}", lambda p, mod=module, c=chunks: mod.ternary_linear(
                 x32, p, scale, None, k, 0, isa, cpu.LIMBS[torch.float32], False, cpu.RANGE_LIMIT[torch.float32],
                 c["AMX_CHUNK_ROWS"]), packed)
+    if fp32:
+        from torch_ternary.ops import backends
+
+        ref = backends.reference("linear")
+        sides["fp32_reference"] = Side("fp32_reference", lambda p: ref(x32, p, scale, None, k, k), packed)
     return sides
 
 

@@ -120,10 +120,10 @@ def test_ab_sides_compute_one_product(isa):
               "new": (module, {"AMX_CHUNK_ROWS": cpu.AMX_CHUNK_ROWS, "AMX_BF16_CHUNK_TOKENS": cpu.AMX_BF16_CHUNK_TOKENS})}
     sides = cpu_kernels_ab.sides_for(200, 70, 150, builds, a16=True, fp32=True, isa=isa, torch_fp32=True)
     assert set(sides) == {"torch_bf16", "torch_fp32", "a8_base", "a8_new", "a16_base", "a16_new", "fp32_base",
-                          "fp32_new"}
+                          "fp32_new", "fp32_reference"}
     ref = sides["torch_fp32"].call().double()
     assert float((sides["torch_bf16"].call().double() - ref).norm() / ref.norm()) < 0.01
     assert torch.equal(sides["a8_base"].call(), sides["a8_new"].call())  # chunks change nothing in int8
-    for name in ("a8_new", "a16_base", "a16_new", "fp32_base", "fp32_new"):
+    for name in ("a8_new", "a16_base", "a16_new", "fp32_base", "fp32_new", "fp32_reference"):
         out = sides[name].call().double()
         assert float((out - ref).norm() / ref.norm()) < (0.02 if name.startswith("a8") else 0.01), name

@@ -122,19 +122,49 @@ def test_off_keeps_the_reference_in_a_fresh_process():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_a_second_process_loads_the_cached_build_without_compiling():
+def _built_stamps() -> list[tuple[Path, int]]:
+    """The cached build's shared objects with their modification times (the build made or loaded first)."""
     if not _has_compiler() and cpu._mode() != "require":
         pytest.skip("no C++ compiler on this machine")
     assert cpu.load() is not None
     built = sorted((cpu.cache_dir() / cpu.build_key()).glob("*.so"))
     assert built, "no shared object in the cache folder"
-    stamps = [(p, p.stat().st_mtime_ns) for p in built]
-    code = ("import time, torch_ternary\n"
-            "from torch_ternary.kernels import cpu\n"
-            "t = time.perf_counter(); m = cpu.load(); dt = time.perf_counter() - t\n"
-            "assert m is not None\n"
-            "print(dt)\n")
+    return [(p, p.stat().st_mtime_ns) for p in built]
+
+
+def _load_in_a_subprocess(code: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_a_second_process_loads_the_cached_build_without_compiling():
+    stamps = _built_stamps()
+    proc = _load_in_a_subprocess("import time, torch_ternary\n"
+                                 "from torch_ternary.kernels import cpu\n"
+                                 "t = time.perf_counter(); m = cpu.load(); dt = time.perf_counter() - t\n"
+                                 "assert m is not None\n"
+                                 "print(dt)\n")
     assert all(p.stat().st_mtime_ns == t for p, t in stamps), "the cached build was rebuilt"
     assert float(proc.stdout.split()[-1]) < 10.0  # a load, not a ~35 s compile
+
+
+def test_another_checkout_of_the_same_sources_loads_the_cached_build(tmp_path):
+    """Two checkouts (or an install and a checkout) of the same sources share one cache: the build reads copies
+    staged in the cache folder, so a process whose sources lie elsewhere loads the cached build instead of
+    rebuilding it under the other's feet (ninja rebuilds when a source's path changes)."""
+    stamps = _built_stamps()
+    staged = cpu.cache_dir() / cpu.build_key() / "src"
+    assert all((staged / p.name).read_bytes() == p.read_bytes() for p in cpu._sources() + [cpu.AMX_HEADER])
+    other = tmp_path / "other_checkout"
+    other.mkdir()
+    for p in cpu._sources() + [cpu.AMX_HEADER]:
+        shutil.copy(p, other / p.name)
+    _load_in_a_subprocess("from pathlib import Path\n"
+                          "from torch_ternary.kernels import cpu\n"
+                          f"d = Path({str(other)!r})\n"
+                          "for name in ('SOURCE', 'STE_SOURCE', 'AMX_BF16_SOURCE', 'AMX_HEADER'):\n"
+                          "    setattr(cpu, name, d / getattr(cpu, name).name)\n"
+                          "assert all(str(p).startswith(str(d)) for p in cpu._sources())\n"
+                          "assert cpu.load() is not None\n")
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps), "the other checkout rebuilt the cached build"

@@ -404,3 +404,31 @@ def test_set_num_threads_is_respected_and_results_do_not_depend_on_it():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, many)
+
+
+def test_float32_tokens_of_large_calls_take_the_reference_on_avx2_cpus(monkeypatch):
+    """On a CPU whose best ISA is avx2, float32 tokens from AVX2_FP32_REFERENCE_MIN_TOKENS a call go to the
+    reference (dequantize + float32 GEMM); fewer tokens, bf16 tokens, a forced ISA and better ISAs keep the limbs."""
+    if "avx2" not in cpu.available_isas():
+        pytest.skip("needs avx2")
+    monkeypatch.delenv("TORCH_TERNARY_CPU_ISA", raising=False)
+    real = cpu.available_isas()
+    k, n, big = 96, 40, cpu.AVX2_FP32_REFERENCE_MIN_TOKENS
+    packed, scale, gs, _, w64 = make_weight(n, k, "per_channel", 16, 5)
+
+    def path_of(tokens, dtype):
+        before = dict(cpu.STATS)
+        x = torch.randn(tokens, k).to(dtype)
+        y = torch.ops.torch_ternary.linear(x, packed, scale, None, k, gs)
+        assert rel_fro(y, x.double() @ w64.T) <= (1e-5 if dtype == torch.float32 else 1e-2)
+        return [key for key in cpu.STATS if cpu.STATS[key] != before.get(key, 0)]
+
+    monkeypatch.setattr(cpu, "available_isas", lambda: ("avx2", "scalar"))
+    assert path_of(big, torch.float32) == ["linear:reference"]
+    assert path_of(big - 1, torch.float32) == ["linear:avx2"]
+    assert path_of(big, torch.bfloat16) == ["linear:avx2"]
+    with forced_isa("avx2"):
+        assert path_of(big, torch.float32) == ["linear:avx2"]
+    if real[0] != "avx2":  # a better ISA keeps its own kernel
+        monkeypatch.setattr(cpu, "available_isas", lambda: real)
+        assert path_of(big, torch.float32) == [f"linear:{real[0]}"]

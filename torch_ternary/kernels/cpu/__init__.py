@@ -74,6 +74,10 @@ AMX_MIN_ROWS = 16
 #: (``amx_bf16_cpu.cpp``: bf16 tiles, no limbs) on CPUs that have it; fewer keep the int8 limbs, which were
 #: faster at 16 tokens (it pads tokens to 32) and level at 32 (measured on FLUX.1-dev shapes)
 AMX_BF16_MIN_ROWS = 64
+#: float32 tokens, from this many a call, take the plain-torch reference (dequantize in chunks, then torch's float32
+#: GEMM) on CPUs whose best ISA is ``avx2`` (unless an ISA is forced): there three int8 limbs on vpmaddubsw cost more
+#: than the float32 FMAs they replace (benchmarks/cpu_kernels_ab.py --isa avx2 --fp32, docs/cpu.md)
+AVX2_FP32_REFERENCE_MIN_TOKENS = 512
 #: the AMX-BF16 kernel takes tokens in chunks of this many, so that a thread's float32 accumulators (chunk x 256)
 #: stay in L2 across the K blocks (each chunk decodes the weights again)
 AMX_BF16_CHUNK_TOKENS = 1024
@@ -114,6 +118,22 @@ def _sources() -> list[Path]:
     return [SOURCE, STE_SOURCE, AMX_BF16_SOURCE]
 
 
+def _staged_sources(folder: Path) -> list[str]:
+    """The sources (and the header they include) copied into ``folder/src``, where the build reads them: the build
+    files then name the same paths whichever checkout or install of the same sources built them, so two of them
+    sharing one cache load each other's build instead of rebuilding it (ninja rebuilds when a source's path
+    changes). Each file is written to a temporary name and renamed, and only when its text differs."""
+    src = folder / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for path in _sources() + [AMX_HEADER]:
+        data, target = path.read_bytes(), src / path.name
+        if not target.exists() or target.read_bytes() != data:
+            tmp = src / f".{path.name}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+    return [str(src / p.name) for p in _sources()]
+
+
 def _mode() -> str:
     mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
     if mode not in ("auto", "require", "off"):
@@ -143,7 +163,7 @@ def load():
                 key = build_key()
                 folder = cache_dir() / key
                 folder.mkdir(parents=True, exist_ok=True)
-                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=[str(p) for p in _sources()], extra_cflags=list(CFLAGS),
+                _module = cpp_load(name=f"torch_ternary_cpu_{key}", sources=_staged_sources(folder), extra_cflags=list(CFLAGS),
                                    extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=False)
             except Exception as exc:  # no compiler, no ninja, a compile error: the reference keeps working
                 _failure = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
@@ -253,10 +273,13 @@ def linear_cpu(x, packed, scale, bias, in_features, group_size):
 
 def _linear_path(tokens: int, dtype: torch.dtype, scale: torch.Tensor, group_size: int) -> str:
     """The kernel of a 16-bit ``linear`` call: :func:`choose` on its prepared rows (tokens x limbs), with bfloat16
-    tokens on the AMX ISA moving to the AMX-BF16 kernel from :data:`AMX_BF16_MIN_ROWS` tokens."""
+    tokens on the AMX ISA moving to the AMX-BF16 kernel from :data:`AMX_BF16_MIN_ROWS` tokens, and float32 tokens
+    on an AVX2-only CPU to the reference from :data:`AVX2_FP32_REFERENCE_MIN_TOKENS` tokens."""
     if not _words_in_one_group(scale, group_size):
         return REFERENCE
     path = choose(tokens * LIMBS[dtype], scale.shape[1] > 1)
+    if path == "avx2" and dtype == torch.float32 and tokens >= AVX2_FP32_REFERENCE_MIN_TOKENS and forced_isa() is None:
+        return REFERENCE
     if path == "amx" and dtype == torch.bfloat16 and tokens >= AMX_BF16_MIN_ROWS and amx_bf16_available():
         return "amx_bf16"
     return path
