@@ -22,7 +22,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-
 #: a test running longer than this, set-up and teardown included (seconds; ``$TORCH_TERNARY_TEST_TIMEOUT``, 0: off),
 #: ends the whole run: faulthandler's own thread (it needs no GIL) writes every thread's traceback to stderr and
 #: exits, so a hang fails CI at once and says where, instead of using up CI's time limit without a word (the

@@ -365,13 +365,14 @@ inline __m256i load_words_avx2(const uint8_t* p, int64_t valid) {  // up to 8 wo
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
 }
 
+// Per-group scales: each half-chunk's int32 sums (vpmaddubsw(u, q) + vpmaddwd by ones, q = c - 1 in {-1, 0, 1})
+// are scaled by their words' group scales into float accumulators.
 template <int MR>
-void tile_avx2_t(const TileArgs& a) {
+void tile_avx2_grouped_t(const TileArgs& a) {
   const __m256i m3 = _mm256_set1_epi8(3), one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
-  __m256i acc[MR][NR];
   __m256 facc[MR][NR];
   for (int mm = 0; mm < MR; ++mm)
-    for (int r = 0; r < NR; ++r) { acc[mm][r] = _mm256_setzero_si256(); facc[mm][r] = _mm256_setzero_ps(); }
+    for (int r = 0; r < NR; ++r) facc[mm][r] = _mm256_setzero_ps();
   for (int64_t c = 0; c < a.kc; ++c) {
     for (int h = 0; h < 2; ++h) {  // the two halves (words 0-7, 8-15) of the chunk
       const int64_t w0 = c * 16 + h * 8;
@@ -389,42 +390,29 @@ void tile_avx2_t(const TileArgs& a) {
         __m256i wq[NR];
         for (int r = 0; r < NR; ++r) {
           __m256i cd = _mm256_and_si256(_mm256_srli_epi32(raw[r], 2 * i), m3);  // codes c, zero past the row
-          wq[r] = a.gscale ? _mm256_and_si256(_mm256_sub_epi8(cd, one8), valid_mask) : cd;  // q = c - 1 if grouped
+          wq[r] = _mm256_and_si256(_mm256_sub_epi8(cd, one8), valid_mask);     // q = c - 1
         }
         for (int mm = 0; mm < MR; ++mm) {
           __m256i u = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(a.u + mm * a.ldu + c * kChunkWeights + i * 64 + h * 32));
           for (int r = 0; r < NR; ++r)
-            part[mm][r] = _mm256_add_epi32(part[mm][r], _mm256_madd_epi16(
-                a.gscale ? _mm256_maddubs_epi16(u, wq[r]) : _mm256_maddubs_epi16(wq[r], u), one16));
+            part[mm][r] = _mm256_add_epi32(part[mm][r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, wq[r]), one16));
         }
       }
       for (int mm = 0; mm < MR; ++mm)
         for (int r = 0; r < NR; ++r) {
-          if (a.gscale) {
-            __m256 gs = _mm256_loadu_ps(a.gscale + r * a.kc * 16 + w0);
-            facc[mm][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[mm][r]), gs, facc[mm][r]);
-          } else {
-            acc[mm][r] = _mm256_add_epi32(acc[mm][r], part[mm][r]);
-          }
+          __m256 gs = _mm256_loadu_ps(a.gscale + r * a.kc * 16 + w0);
+          facc[mm][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(part[mm][r]), gs, facc[mm][r]);
         }
     }
   }
   for (int mm = 0; mm < a.mr; ++mm)
     for (int r = 0; r < a.nr; ++r) {
-      if (a.gscale) {
-        alignas(32) float t[8];
-        _mm256_store_ps(t, facc[mm][r]);
-        float s = 0.f;
-        for (float v : t) s += v;
-        a.F[mm * NR + r] = s;
-      } else {
-        alignas(32) int32_t t[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[mm][r]);
-        int32_t s = 0;
-        for (int32_t v : t) s += v;
-        a.C[mm * NR + r] = s;
-      }
+      alignas(32) float t[8];
+      _mm256_store_ps(t, facc[mm][r]);
+      float s = 0.f;
+      for (float v : t) s += v;
+      a.F[mm * NR + r] = s;
     }
 }
 
@@ -504,10 +492,10 @@ void tile_avx2(const TileArgs& a) {
     }
   }
   switch (a.mr) {
-    case 1: return tile_avx2_t<1>(a);
-    case 2: return tile_avx2_t<2>(a);
-    case 3: return tile_avx2_t<3>(a);
-    default: return tile_avx2_t<4>(a);
+    case 1: return tile_avx2_grouped_t<1>(a);
+    case 2: return tile_avx2_grouped_t<2>(a);
+    case 3: return tile_avx2_grouped_t<3>(a);
+    default: return tile_avx2_grouped_t<4>(a);
   }
 }
 
