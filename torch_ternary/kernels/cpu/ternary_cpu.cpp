@@ -180,42 +180,57 @@ void load_row_scalar(const void* xv, at::ScalarType dt, int64_t start, int64_t k
   }
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
-void quantize_row_avx512(float* r, int64_t K, int limbs, bool mode_int8, float s, int offset, Prepared& p,
-                         int64_t row0, float* scales, int32_t* sums) {
+// The limb loop of the vector variants: per limb, `word(r + k, s, bytes)` quantizes the 16 activations of one word
+// (updating the remainders in 16-bit mode) into 16 bytes in prepared order and adds their codes to its vector sum,
+// `take_sum()` returns that sum and clears it; the tail word takes the scalar code.
+template <typename WordFn, typename SumFn>
+inline void quantize_limbs(float* r, int64_t K, int limbs, bool mode_int8, float s, int offset, Prepared& p,
+                           int64_t row0, float* scales, int32_t* sums, WordFn word, SumFn take_sum) {
   const int64_t ss = p.step_stride();
-  // the 16 bytes of a word, in prepared order: dword i = weights (2i, 2i+8, 2i+1, 2i+9)
-  const __m128i perm = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
-  const __m128i off = _mm_set1_epi8(char(offset));
   const int64_t full = K / 16 * 16;
   for (int l = 0; l < limbs; ++l) {
     scales[l] = s;
     uint8_t* o = p.row_ptr(row0 + l);
-    const __m512 sv = _mm512_set1_ps(s);
-    __m512i vsum = _mm512_setzero_si512();
     for (int64_t k = 0; k < full; k += 16) {
-      __m512 x = _mm512_loadu_ps(r + k);
-      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(x, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), q);  // NaN -> 0
-      q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-      if (!mode_int8) _mm512_storeu_ps(r + k, _mm512_sub_ps(x, _mm512_mul_ps(q, sv)));  // as the scalar code
-      const __m512i qi = _mm512_cvtps_epi32(q);
-      vsum = _mm512_add_epi32(vsum, qi);
-      __m128i b = _mm_xor_si128(_mm512_cvtsepi32_epi8(qi), off);
-      b = _mm_shuffle_epi8(b, perm);
+      uint32_t d[4];
+      word(r + k, s, d);
       const int64_t w = k / 16;
       uint8_t* base = o + (w / 16) * 4 * ss + (w % 16) * 4;
-      uint32_t d[4];
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(d), b);
       for (int i = 0; i < 4; ++i) std::memcpy(base + i * ss, &d[i], 4);
     }
-    int32_t sum = _mm512_reduce_add_epi32(vsum);
+    int32_t sum = take_sum();
     for (int64_t k = full; k < K; ++k) sum += quantize_element(r, k, s, mode_int8, offset, o, ss);  // the tail word
     sums[l] = sum;
     s = s / 254.0f;
   }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+void quantize_row_avx512(float* r, int64_t K, int limbs, bool mode_int8, float s, int offset, Prepared& p,
+                         int64_t row0, float* scales, int32_t* sums) {
+  // the 16 bytes of a word, in prepared order: dword i = weights (2i, 2i+8, 2i+1, 2i+9)
+  const __m128i perm = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  const __m128i off = _mm_set1_epi8(char(offset));
+  __m512i vsum = _mm512_setzero_si512();
+  auto word = [&](float* rk, float sl, uint32_t* d) {
+    const __m512 sv = _mm512_set1_ps(sl);
+    __m512 x = _mm512_loadu_ps(rk);
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(x, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), q);  // NaN -> 0
+    q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+    if (!mode_int8) _mm512_storeu_ps(rk, _mm512_sub_ps(x, _mm512_mul_ps(q, sv)));  // as the scalar code
+    const __m512i qi = _mm512_cvtps_epi32(q);
+    vsum = _mm512_add_epi32(vsum, qi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_shuffle_epi8(_mm_xor_si128(_mm512_cvtsepi32_epi8(qi), off), perm));
+  };
+  auto take_sum = [&]() {
+    const int32_t out = _mm512_reduce_add_epi32(vsum);
+    vsum = _mm512_setzero_si512();
+    return out;
+  };
+  quantize_limbs(r, K, limbs, mode_int8, s, offset, p, row0, scales, sums, word, take_sum);
 }
 // one activation row as float32 (from float32 / bf16 / fp16 at element offset `start`), its max |x| and whether
 // it holds a NaN
@@ -240,15 +255,75 @@ void load_row_avx512(const void* xv, at::ScalarType dt, int64_t start, int64_t K
 }
 #pragma GCC pop_options
 
-// one activation row into r (amax and nan as load_row_scalar), vectorized when `vector`
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+// the AVX2 twin of quantize_row_avx512: the same float operations (division, round half to even, NaN -> 0, clamp,
+// remainder x - q * s), 8 floats a step, the same prepared bytes and sums
+void quantize_row_avx2(float* r, int64_t K, int limbs, bool mode_int8, float s, int offset, Prepared& p,
+                       int64_t row0, float* scales, int32_t* sums) {
+  __m256i vsum = _mm256_setzero_si256();
+  const __m128i off = _mm_set1_epi8(char(offset)), perm = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  auto word = [&](float* rk, float sl, uint32_t* d) {
+    __m256i qi[2];
+    const __m256 sv = _mm256_set1_ps(sl);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 x = _mm256_loadu_ps(rk + 8 * h);
+      const __m256 q0 = _mm256_round_ps(_mm256_div_ps(x, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 q = _mm256_min_ps(_mm256_max_ps(_mm256_and_ps(q0, _mm256_cmp_ps(q0, q0, _CMP_ORD_Q)), lo), hi);  // NaN -> 0
+      if (!mode_int8) _mm256_storeu_ps(rk + 8 * h, _mm256_sub_ps(x, _mm256_mul_ps(q, sv)));  // as the scalar code
+      qi[h] = _mm256_cvtps_epi32(q);
+      vsum = _mm256_add_epi32(vsum, qi[h]);
+    }
+    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);  // 16 int16, k order
+    const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_shuffle_epi8(_mm_xor_si128(b, off), perm));
+  };
+  auto take_sum = [&]() {
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), vsum);
+    vsum = _mm256_setzero_si256();
+    int32_t out = 0;
+    for (int32_t v : t) out += v;
+    return out;
+  };
+  quantize_limbs(r, K, limbs, mode_int8, s, offset, p, row0, scales, sums, word, take_sum);
+}
+
+// one activation row as float32 (load_row_avx512's AVX2 twin)
+void load_row_avx2(const void* xv, at::ScalarType dt, int64_t start, int64_t K, float* r, float& amax, bool& nan) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 vmax = _mm256_setzero_ps(), vnan = _mm256_setzero_ps();
+  const float* xf = static_cast<const float*>(xv) + start;
+  const uint16_t* xh = static_cast<const uint16_t*>(xv) + start;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m128i h = dt == at::kFloat ? _mm_setzero_si128() : _mm_loadu_si128(reinterpret_cast<const __m128i*>(xh + k));
+    const __m256 x = dt == at::kFloat ? _mm256_loadu_ps(xf + k)
+                     : dt == at::kBFloat16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                                           : _mm256_cvtph_ps(h);
+    _mm256_storeu_ps(r + k, x);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    vmax = _mm256_max_ps(_mm256_and_ps(x, absmask), vmax);  // (a NaN first operand yields vmax)
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, vmax);
+  for (float v : t) amax = v > amax ? v : amax;
+  nan = nan || _mm256_movemask_ps(vnan) != 0;
+  load_row_scalar(xv, dt, start, k, K, r, amax, nan);  // the tail
+}
+#pragma GCC pop_options
+
+// one activation row into r (amax and nan as load_row_scalar), on the `vector` ISA (avx512, avx2, else scalar)
 inline void load_row(const void* xv, at::ScalarType dt, int64_t start, int64_t K, float* r, float& amax, bool& nan,
-                     bool vector) {
-  if (vector) load_row_avx512(xv, dt, start, K, r, amax, nan);
+                     Isa vector) {
+  if (vector == Isa::avx512) load_row_avx512(xv, dt, start, K, r, amax, nan);
+  else if (vector == Isa::avx2) load_row_avx2(xv, dt, start, K, r, amax, nan);
   else load_row_scalar(xv, dt, start, 0, K, r, amax, nan);
 }
 
 // max over the rows of x [M, K] of amax / rms (a token's dynamic range); NaN rows count as 0
-double max_dynamic_range(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ldx, bool vector) {
+double max_dynamic_range(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ldx, Isa vector) {
   std::vector<double> worst(M, 0.0);
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     std::vector<float> r(K);
@@ -272,7 +347,7 @@ double max_dynamic_range(const void* xv, at::ScalarType dt, int64_t M, int64_t K
 // range_limit > 0 (16-bit mode): one more limb for every token when some token's amax / rms exceeds it
 // (see the file header, ACCURACY).
 void prepare(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ldx, int limbs, bool mode_int8,
-             bool vector, int offset, bool tiled, Prepared& p, double range_limit = 0.0) {
+             Isa vector, int offset, bool tiled, Prepared& p, double range_limit = 0.0) {
   if (!mode_int8 && range_limit > 0.0 && max_dynamic_range(xv, dt, M, K, ldx, vector) > range_limit) limbs += 1;
   p.limbs = limbs;
   p.rows = M * limbs;
@@ -293,8 +368,10 @@ void prepare(const void* xv, at::ScalarType dt, int64_t M, int64_t K, int64_t ld
       if (nan) amax = std::numeric_limits<float>::quiet_NaN();
       float s = amax / 127.0f;
       if (amax < kTinyAmax) s = 1.0f;  // (false for NaN, as in the reference)
-      if (vector) quantize_row_avx512(r.data(), K, limbs, mode_int8, s, offset, p, m * limbs, p.s.data() + m * limbs,
-                                      p.t.data() + m * limbs);
+      if (vector == Isa::avx512) quantize_row_avx512(r.data(), K, limbs, mode_int8, s, offset, p, m * limbs,
+                                                   p.s.data() + m * limbs, p.t.data() + m * limbs);
+      else if (vector == Isa::avx2) quantize_row_avx2(r.data(), K, limbs, mode_int8, s, offset, p, m * limbs,
+                                                      p.s.data() + m * limbs, p.t.data() + m * limbs);
       else quantize_row_scalar(r.data(), K, limbs, mode_int8, s, offset, p, m * limbs, p.s.data() + m * limbs,
                                p.t.data() + m * limbs);
     }
@@ -424,42 +501,62 @@ void tile_avx2_grouped_t(const TileArgs& a) {
 // sums (kept in memory: touched once every 4 chunks). One multiply a 32 products instead of two.
 constexpr int64_t kFlushChunks = 4;
 
+// one half-chunk (8 words = 128 weights of each of RB rows: raw) against MR prepared rows (up: the half's bytes of
+// shift 0 of prepared row 0): acc[mm][r] += vpmaddubsw(codes of shift i, activations of shift i), i = 0..3
+template <int MR, int RB>
+inline void half_chunk_avx2(const __m256i (&raw)[RB], const uint8_t* up, int64_t ldu, __m256i (&acc)[MR][RB]) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    __m256i wq[RB];
+    for (int r = 0; r < RB; ++r) wq[r] = _mm256_and_si256(_mm256_srli_epi32(raw[r], 2 * i), m3);  // codes c
+    for (int mm = 0; mm < MR; ++mm) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(up + mm * ldu + i * 64));
+      for (int r = 0; r < RB; ++r) {
+        acc[mm][r] = _mm256_add_epi16(acc[mm][r], _mm256_maddubs_epi16(wq[r], u));
+        // keep each accumulator in its register: unpinned, GCC reassociates these integer sums into trees of
+        // partial products that spill (measured: 1.4x the instructions of this loop)
+        __asm__("" : "+x"(acc[mm][r]));
+      }
+    }
+  }
+}
+
 template <int MR, int RB>
 void rows_avx2_t(const TileArgs& a, int r0, __m256i (&acc32)[4][NR]) {
-  const __m256i m3 = _mm256_set1_epi8(3);
   const uint8_t* wrow[RB];
   for (int r = 0; r < RB; ++r) wrow[r] = a.w + (r0 + r < a.nr ? r0 + r : 0) * a.ldw;
   const char* next = reinterpret_cast<const char*>(a.w + NR * a.ldw);  // the next tile's rows (memory order)
   const int64_t next_lines = (NR * a.ldw + 63) / 64;
   const bool prefetch = a.prefetch && r0 == 0;
+  const int64_t full = a.words / 16;  // chunks whose 16 words are all in the row: no tail masking
+  const __m256i one16 = _mm256_set1_epi16(1);
   for (int64_t c0 = 0; c0 < a.kc; c0 += kFlushChunks) {
     __m256i acc[MR][RB];
     for (int mm = 0; mm < MR; ++mm)
       for (int r = 0; r < RB; ++r) acc[mm][r] = _mm256_setzero_si256();
+#pragma GCC unroll 1
     for (int64_t c = c0; c < std::min(a.kc, c0 + kFlushChunks); ++c) {
       if (prefetch)  // weights stream from DRAM once: fetch the next tile's (L1) and the one after (L2) meanwhile
         for (int64_t line = c * next_lines / a.kc; line < (c + 1) * next_lines / a.kc; ++line) {
           _mm_prefetch(next + line * 64, _MM_HINT_T0);
           _mm_prefetch(next + NR * a.ldw + line * 64, _MM_HINT_T1);
         }
+      const uint8_t* up = a.u + c * kChunkWeights;
+#pragma GCC unroll 1
       for (int h = 0; h < 2; ++h) {  // the two halves (words 0-7, 8-15) of the chunk
         const int64_t w0 = c * 16 + h * 8;
-        const int64_t valid = a.words - w0;
-        if (valid <= 0) break;
         __m256i raw[RB];
-        for (int r = 0; r < RB; ++r) raw[r] = load_words_avx2(wrow[r] + w0 * 4, valid);  // zero past the row
-        const uint8_t* up = a.u + c * kChunkWeights + h * 32;
-        for (int i = 0; i < 4; ++i) {
-          __m256i wq[RB];
-          for (int r = 0; r < RB; ++r) wq[r] = _mm256_and_si256(_mm256_srli_epi32(raw[r], 2 * i), m3);  // codes c
-          for (int mm = 0; mm < MR; ++mm) {
-            const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(up + mm * a.ldu + i * 64));
-            for (int r = 0; r < RB; ++r) acc[mm][r] = _mm256_add_epi16(acc[mm][r], _mm256_maddubs_epi16(wq[r], u));
-          }
+        if (c < full) {
+          for (int r = 0; r < RB; ++r) raw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[r] + w0 * 4));
+        } else {
+          const int64_t valid = a.words - w0;
+          if (valid <= 0) break;
+          for (int r = 0; r < RB; ++r) raw[r] = load_words_avx2(wrow[r] + w0 * 4, valid);  // zero past the row
         }
+        half_chunk_avx2<MR, RB>(raw, up + h * 32, a.ldu, acc);
       }
     }
-    const __m256i one16 = _mm256_set1_epi16(1);
     for (int mm = 0; mm < MR; ++mm)
       for (int r = 0; r < RB; ++r)
         acc32[mm][r0 + r] = _mm256_add_epi32(acc32[mm][r0 + r], _mm256_madd_epi16(acc[mm][r], one16));
@@ -707,6 +804,60 @@ void epilogue_avx512(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
 }
 #pragma GCC pop_options
 
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+// epilogue_avx512's AVX2 twin: the same float operations in the same order, 8 columns a step
+void epilogue_avx2(const Epilogue& e, int64_t m, int64_t n0, int64_t nb) {
+  const int64_t vec_end = nb / 8 * 8;  // whole steps of 8 columns; the rest takes the scalar code
+  for (int64_t n = 0, col = n0; n < vec_end; n += 8, col += 8) {
+    const __m256 w = e.grouped ? _mm256_set1_ps(1.0f) : (e.S_n == 1 ? _mm256_set1_ps(e.S[0]) : _mm256_loadu_ps(e.S + col));
+    __m256 out;
+    if (e.mode_int8) {
+      const __m256i acc = _mm256_sub_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.C + (m - e.c_row0) * e.ldc + n)),
+          e.colcorr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.colcorr + n)) : _mm256_set1_epi32(e.t[m]));
+      out = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(e.s[m])), w);
+    } else {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t l = 0; l < e.limbs; ++l) {
+        const int64_t row = m * e.limbs + l;
+        const __m256 v =
+            e.grouped ? _mm256_sub_ps(_mm256_loadu_ps(e.F + row * NB + n), _mm256_loadu_ps(e.F + e.rows * NB + n))
+                      : _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.C + (row - e.c_row0) * e.ldc + n)),
+                            e.colcorr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.colcorr + n))
+                                      : _mm256_set1_epi32(e.t[row])));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(e.s[row]), v));
+      }
+      out = _mm256_mul_ps(acc, w);
+    }
+    if (e.B) {
+      __m256 b;
+      const uint16_t* bh = static_cast<const uint16_t*>(e.B) + col;
+      if (e.dt == at::kFloat) b = _mm256_loadu_ps(static_cast<const float*>(e.B) + col);
+      else if (e.dt == at::kBFloat16)
+        b = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bh))), 16));
+      else b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bh)));
+      out = _mm256_add_ps(out, b);
+    }
+    uint16_t* yh = static_cast<uint16_t*>(e.Y) + m * e.N + col;
+    if (e.dt == at::kFloat) {
+      _mm256_storeu_ps(static_cast<float*>(e.Y) + m * e.N + col, out);
+    } else if (e.dt == at::kBFloat16) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)
+      const __m256i u = _mm256_castps_si256(out);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(out, out, _CMP_UNORD_Q)));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 8 uint16 in the low half
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(yh), _mm256_castsi256_si128(packed));
+    } else {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(yh), _mm256_cvtps_ph(out, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  }
+  for (int64_t n = vec_end; n < nb; ++n) epi_store(e, m, n0 + n, epi_value(e, m, n, n0 + n));
+}
+#pragma GCC pop_options
+
 
 // ---------------------------------------------------------------------------------------------------
 // AMX (Intel AMX-INT8: tdpbusd on 16 x 64-byte tiles), for many activation rows and per-channel /
@@ -829,7 +980,8 @@ std::vector<std::string> cpu_isas() {
                       __builtin_cpu_supports("avx512dq");
   if (avx512 && amx_usable()) out.push_back("amx");
   if (avx512) out.push_back("avx512");
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back("avx2");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    out.push_back("avx2");
   out.push_back("scalar");
   return out;
 }
@@ -853,7 +1005,7 @@ torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& packed
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   Prepared p;
-  const bool vec = isa == Isa::avx512 || isa == Isa::amx;
+  const Isa vec = isa == Isa::amx ? Isa::avx512 : isa;  // the prepare and epilogue variant
   prepare(x.data_ptr(), x.scalar_type(), M, K, x.stride(0), int(limbs), mode_int8, vec,
           (grouped || isa == Isa::amx) ? 128 : 0, isa == Isa::amx, p, range_limit);
   limbs = p.limbs;
@@ -936,7 +1088,8 @@ torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& packed
         }
       }
       for (int64_t m = 0; m < M; ++m) {
-        if (vec) epilogue_avx512(ep, m, n0, nb);  // rows are tokens here; limbs are looked up
+        if (vec == Isa::avx512) epilogue_avx512(ep, m, n0, nb);  // rows are tokens here; limbs are looked up
+        else if (vec == Isa::avx2) epilogue_avx2(ep, m, n0, nb);
         else epilogue_scalar(ep, m, n0, nb);
       }
     }
