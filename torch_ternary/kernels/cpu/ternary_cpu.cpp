@@ -515,7 +515,8 @@ inline void half_chunk_avx2(const __m256i (&raw)[RB], const uint8_t* up, int64_t
       for (int r = 0; r < RB; ++r) {
         acc[mm][r] = _mm256_add_epi16(acc[mm][r], _mm256_maddubs_epi16(wq[r], u));
         // keep each accumulator in its register: unpinned, GCC reassociates these integer sums into trees of
-        // partial products that spill (measured: 1.4x the instructions of this loop)
+        // partial products that spill (tile_avx2_channel_t<2>: 84 ymm stack moves unpinned, 20 pinned; the hot
+        // 3072 x 3072 bf16 GEMV 0.142 -> 0.119 ms on 2 Zen 3 cores)
         __asm__("" : "+x"(acc[mm][r]));
       }
     }
