@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     c.add_argument("--guided-loss-weight", type=float, default=0.0,
                    help="weight of the guided-velocity term: the error of v_u + g (v_c - v_u), the velocity the CFG "
                         "sampler steps along, over g^2 (needs true CFG; default 0: off)")
+    c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="keep the linears matching GLOB dense, at the teacher's weights (repeatable; "
+                        "benchmarks/linear_sensitivity.py ranks the candidates)")
     c.add_argument("--bf16", action="store_true", help="distill under bf16 autocast")
     c.add_argument("--workdir", default="calibration-work", help="trajectories and checkpoints (resumable)")
     c.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -91,9 +94,25 @@ def _weights(spec: str | None) -> dict[str, float] | None:
     return out
 
 
+def _check_exclude(transformer, patterns: list[str]) -> None:
+    """Refuse an ``--exclude`` glob that names no linear of ``transformer`` (a typo would keep nothing dense)."""
+    import fnmatch
+
+    import torch.nn as nn
+
+    from ..errors import TernaryConfigError
+
+    names = [n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise TernaryConfigError(f"--exclude {pattern!r} matches no linear of the transformer "
+                                     f"(names look like {names[len(names) // 2]!r})")
+
+
 def cmd_calibrate(args) -> int:
     from ..format.atomic import atomic_write
     from ..format.single_file import save_quantized
+    from ..quantization.config import TernaryConfig
     from .calibrate import CalibrationConfig, calibrate
     from .distill import DistillConfig, config_dict
     from .guided import sampler_guidance_scale
@@ -110,9 +129,10 @@ def cmd_calibrate(args) -> int:
     device = f"cuda:{torch_local_rank()}" if ranks.distributed and args.device == "cuda" else args.device
     pipe = _load_pipe(args.pipeline, device)
     pipe.set_progress_bar_config(disable=True)
+    _check_exclude(pipe.transformer, args.exclude)
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
-        method=args.method, pipe_kwargs=pipe_kwargs, trajectory_batch=args.trajectory_batch,
+        method=args.method, ternary=TernaryConfig(exclude=tuple(args.exclude)), pipe_kwargs=pipe_kwargs, trajectory_batch=args.trajectory_batch,
         layerwise_init=not args.no_layerwise_init,
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         on_policy_lr_factor=args.on_policy_lr_factor,
@@ -129,7 +149,7 @@ def cmd_calibrate(args) -> int:
     save_quantized(result.transformer, out)
     summary = {**result.summary(), "pipeline": args.pipeline, "prompts": args.prompts, "num_prompts": len(prompts),
                "prompt_seed": args.prompt_seed, "category_weights": _weights(args.category_weights), "ranks": ranks.world,
-               "trajectory_batch": cfg.trajectory_batch,
+               "trajectory_batch": cfg.trajectory_batch, "exclude": list(cfg.ternary.exclude),
                "distill": config_dict(cfg.distill), "layerwise_init": cfg.layerwise_init, "gptq_init": cfg.gptq_init,
                "on_policy": {"prompts": cfg.on_policy_prompts, "steps": cfg.on_policy_steps,
                                                   "lr_factor": cfg.on_policy_lr_factor}, "losses": result.losses}
