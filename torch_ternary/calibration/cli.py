@@ -96,15 +96,14 @@ def _weights(spec: str | None) -> dict[str, float] | None:
 
 def _check_exclude(transformer, patterns: list[str]) -> None:
     """Refuse an ``--exclude`` glob that names no linear of ``transformer`` (a typo would keep nothing dense)."""
-    import fnmatch
-
     import torch.nn as nn
 
     from ..errors import TernaryConfigError
+    from ..quantization.config import _matches  # the globs exactly as TernaryConfig(exclude=...) reads them
 
     names = [n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)]
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+        if not any(_matches(n, (pattern,)) for n in names):
             raise TernaryConfigError(f"--exclude {pattern!r} matches no linear of the transformer "
                                      f"(names look like {names[len(names) // 2]!r})")
 
@@ -132,7 +131,8 @@ def cmd_calibrate(args) -> int:
     _check_exclude(pipe.transformer, args.exclude)
     pipe_kwargs = {} if args.sampling_steps is None else {"num_inference_steps": args.sampling_steps}
     cfg = CalibrationConfig(
-        method=args.method, ternary=TernaryConfig(exclude=tuple(args.exclude)), pipe_kwargs=pipe_kwargs, trajectory_batch=args.trajectory_batch,
+        method=args.method, ternary=TernaryConfig(exclude=tuple(args.exclude)), pipe_kwargs=pipe_kwargs,
+        trajectory_batch=args.trajectory_batch,
         layerwise_init=not args.no_layerwise_init,
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         on_policy_lr_factor=args.on_policy_lr_factor,
