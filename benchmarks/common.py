@@ -37,6 +37,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, title: str, dpi: int = 110) -> Path:
+    """``fig`` titled ``title``, laid out and written to ``path`` (the last step of every benchmark's plot)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    print(f"wrote {path}")
+    return path
+
+
 def environment() -> dict:
     """Device name, torch / CUDA versions, host and date, for every results file."""
     cuda = torch.cuda.is_available()

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, pyplot, write_results
+from common import RESULTS, pyplot, save_figure, write_results
 
 #: (K, N) of FLUX.1-dev's block linears: q/k/v/out and the single blocks' q/k/v, the MLP up and down
 #: projections, the double blocks' AdaLN (6 x 3072), the single blocks' AdaLN (3 x 3072) and proj_out
@@ -255,11 +255,8 @@ def plot(payload: dict, path: Path) -> Path | None:
     axes[0, 0].set_ylabel("speed-up vs torch bf16")
     axes[0, 0].legend(fontsize=7)
     env = payload.get("environment", {})
-    fig.suptitle(f"torch-ternary CPU kernels, {env.get('device')} (torch {env.get('torch')}, {env.get('date')})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, path, f"torch-ternary CPU kernels, {env.get('device')} (torch {env.get('torch')}, "
+                                  f"{env.get('date')})", dpi=100)
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, environment, pyplot, write_results  # noqa: E402
+from common import RESULTS, environment, pyplot, save_figure, write_results  # noqa: E402
 
 VARIANTS = ("bf16", "ternary_16bit", "ternary_int8", "ternary_fp8", "peer_fp8")
 MODES = ("eager", "compiled")
@@ -417,12 +417,8 @@ def plot(payload: dict, path: Path) -> Path | None:
         ax.set_title(title)
         ax.legend()
     env = payload.get("environment", {})
-    fig.suptitle(f"FLUX.1-dev transformer, {payload.get('tokens', '?')} tokens, on {env.get('device')} "
-                 f"(torch {env.get('torch')}, {env.get('date')})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, path, f"FLUX.1-dev transformer, {payload.get('tokens', '?')} tokens, on "
+                                  f"{env.get('device')} (torch {env.get('torch')}, {env.get('date')})")
 
 
 def _slug(name: str) -> str:

@@ -12,7 +12,7 @@
 #   tests     every GPU test: pytest tests -k "cuda or pin" (tests/kernels/test_cuda_kernels.py,
 #             tests/kernels/test_a8_cuda.py, and the GPU branches of the other modules), hypothesis profile "ci"
 #   memcheck  compute-sanitizer --tool memcheck over the *memcheck* tests (one call of every kernel, ragged shapes)
-#   bench     benchmarks/kernels.py --reduced: 2 FLUX shapes x M in {1, 16, 512, 4608}, every path (FULL=1: the full sweep)
+#   bench     benchmarks/cuda_kernels.py --reduced: 2 FLUX shapes x M in {1, 16, 512, 4608}, every path (FULL=1: the full sweep)
 #   flux      benchmarks/flux.py --modes eager --steps 1 --warmup 1: ONE timed eager FLUX.1-dev step per variant
 #             at 1024² (5 variants; COMPILED=1 adds the compiled mode, FLUX_ARGS is appended and wins)
 #
@@ -201,7 +201,7 @@ if want memcheck; then
 fi
 
 if want bench; then
-    step bench "$CAP_BENCH" bench.txt new "$PY" benchmarks/kernels.py "${BENCH_OPTS[@]}"
+    step bench "$CAP_BENCH" bench.txt new "$PY" benchmarks/cuda_kernels.py "${BENCH_OPTS[@]}"
 fi
 
 if want flux; then

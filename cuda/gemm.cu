@@ -5,7 +5,7 @@
 //
 // UNMEASURED: this kernel is compiled and tested for correctness only where a GPU ran the tests;
 // the dispatch table (torch_ternary/kernels/dispatch.py) keeps "decode + cuBLAS" for large M
-// until a GPU benchmark (benchmarks/kernels.py) shows this path winning.
+// until a GPU benchmark (benchmarks/cuda_kernels.py) shows this path winning.
 //
 // Layout (common.cuh, docs/format.md): packed codes u32 [N, kblocks] (kblocks = Kp/16 words a row,
 // weight j of a word in slot 8*(j%2) + j/2); scales float32 [S_n, S_k]; x [M, K] contiguous with

@@ -5,7 +5,7 @@ default run must finish in 8 minutes (one call, room for a rerun) and leave at m
 can be counted without a GPU is counted from the real commands (``PLAN=1 bash benchmarks/run_gpu.sh``
 prints them): the pytest items each command collects (``pytest --collect-only``), hypothesis examples
 (the profile the script sets), ``torch.compile`` calls in the selected tests, NVRTC sources, the
-kernel benchmark's rows / kernel calls / FLOPs (``benchmarks/kernels.py --plan``) and the FLUX
+kernel benchmark's rows / kernel calls / FLOPs (``benchmarks/cuda_kernels.py --plan``) and the FLUX
 benchmark's builds / forwards / compilations (``benchmarks/flux.py --plan``). Those counts are
 multiplied by the per-item times of :data:`ESTIMATES`.
 
@@ -53,7 +53,7 @@ ESTIMATES = {
     "torch_compile_next": 6.0,   # every further small graph (one custom-op call)
     "memcheck_process": 30.0,    # compute-sanitizer start-up and CUDA initialization under it
     "memcheck_item": 15.0,       # one memcheck test (kernels run 10-100x slower under the sanitizer)
-    "bench_process": 15.0,       # benchmarks/kernels.py: imports, kernels from the disk cache
+    "bench_process": 15.0,       # benchmarks/cuda_kernels.py: imports, kernels from the disk cache
     "bench_shape_setup": 8.0,    # per (K, N): CPU quantization, weight copies for cold L2
     "host_launch_us": 30.0,      # per eager launch from Python (CuPy launch path)
     "graph_capture_s": 0.05,     # per CUDA graph capture
@@ -280,5 +280,5 @@ def test_full_and_compiled_are_options():
     plan = json.loads(_run([*argv["flux"], "--plan"]).stdout)
     assert plan["modes"] == ["eager", "compiled"] and plan["torch_compile_compilations"] == 10
     full = json.loads(_run([*argv["bench"], "--plan"]).stdout)
-    assert full["timed_rows"] > 3 * json.loads(_run([sys.executable, "benchmarks/kernels.py", "--reduced", "--plan"]).stdout)[
+    assert full["timed_rows"] > 3 * json.loads(_run([sys.executable, "benchmarks/cuda_kernels.py", "--reduced", "--plan"]).stdout)[
         "timed_rows"]

@@ -17,7 +17,7 @@ path, ``a8_gemm`` (activation quantization + 8-bit weight workspace + ``torch._i
 
 THE TABLE IS UNMEASURED. No GPU was available when it was written: the entries follow from the
 kernels' design (memory-bound skinny kernel while M is small, cuBLAS after a decode for large M,
-the fused kernel off until a benchmark shows it winning). ``benchmarks/kernels.py`` times every
+the fused kernel off until a benchmark shows it winning). ``benchmarks/cuda_kernels.py`` times every
 path for the FLUX.1-dev shapes at M in {1, 16, 512, 4096, 4608}; update the rows from its JSON
 (``benchmarks/results/kernels_<gpu>.json``) and note the source of each row in ``docs/kernels.md``.
 
@@ -66,7 +66,7 @@ class Choice:
 
 Rule = tuple[Optional[int], int, Choice]
 
-# UNMEASURED starting points (see the module docstring); "benchmarks/kernels.py" decides.
+# UNMEASURED starting points (see the module docstring); "benchmarks/cuda_kernels.py" decides.
 TABLE: dict[str, list[Rule]] = {
     "default": [
         (16, 0, Choice(SKINNY)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ops.test_ternary_linear import make_weight  # (tests/ is on sys.path: pytest rootdir-less packages)
+from tests.ops.test_ternary_linear import make_weight
 
 from torch_ternary.kernels import cpu
 from torch_ternary.kernels.loader import KernelLoadError

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from ops.test_ternary_linear import make_weight  # (tests/ is on sys.path: pytest rootdir-less packages)
+from tests.ops.test_ternary_linear import make_weight
 
 from torch_ternary.format import packing
 from torch_ternary.kernels import cpu

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ops.test_ste_weight import make_case  # (tests/ is on sys.path)
+from tests.ops.test_ste_weight import make_case
 
 from torch_ternary.kernels import cpu
 from torch_ternary.ops import backends

@@ -16,11 +16,11 @@ twice the L2 cache, so packed weights do not stay in L2 between calls as they wo
 model (``--warm-l2`` turns this off). Per-tensor-shape per-channel scales, bias on, bf16
 activations. Every path's output is checked against cuBLAS (``max_rel_err`` in the JSON).
 
-    python benchmarks/kernels.py                    # all shapes, M in {1, 16, 512, 4096, 4608}
-    python benchmarks/kernels.py --reduced          # benchmarks/run_gpu.sh's default: 2 shapes, 4 M, fewer repeats
-    python benchmarks/kernels.py --quick            # two shapes, fewer repeats
-    python benchmarks/kernels.py --plot results.json  # plot an existing results file (no GPU needed)
-    python benchmarks/kernels.py --reduced --plan   # no GPU: print what a run would do (JSON), run nothing
+    python benchmarks/cuda_kernels.py                    # all shapes, M in {1, 16, 512, 4096, 4608}
+    python benchmarks/cuda_kernels.py --reduced          # benchmarks/run_gpu.sh's default: 2 shapes, 4 M, fewer repeats
+    python benchmarks/cuda_kernels.py --quick            # two shapes, fewer repeats
+    python benchmarks/cuda_kernels.py --plot results.json  # plot an existing results file (no GPU needed)
+    python benchmarks/cuda_kernels.py --reduced --plan   # no GPU: print what a run would do (JSON), run nothing
 
 Results: ``benchmarks/results/kernels_<gpu>.json`` (+ ``.png`` when matplotlib is installed), or
 under ``--out-dir``. Without a GPU it exits with a message.
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, environment, pyplot, write_results  # noqa: E402
+from common import RESULTS, environment, pyplot, save_figure, write_results  # noqa: E402
 
 #: (K, N) of the FLUX.1-dev transformer's linears: attention / MLP in / MLP out / single-block
 #: fused out / AdaLN (single blocks, 27 % of the parameters at M = 1) / AdaLN (single: 3x).
@@ -279,12 +279,8 @@ def plot(payload: dict, path: Path) -> Path | None:
         axes[1, col].axhline(1.0, color="gray", lw=1)
     axes[0, 0].legend(fontsize=7)
     env = payload.get("environment", {})
-    fig.suptitle(f"torch-ternary kernels on {env.get('device', payload.get('gpu'))} "
-                 f"(torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('date')})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, path, f"torch-ternary kernels on {env.get('device', payload.get('gpu'))} "
+                                  f"(torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('date')})")
 
 
 def main(argv=None) -> int:
@@ -314,7 +310,7 @@ def main(argv=None) -> int:
         print(json.dumps(plan(args)))
         return 0
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU (none found); see benchmarks/run_gpu.sh", file=sys.stderr)
+        print("benchmarks/cuda_kernels.py needs a CUDA GPU (none found); see benchmarks/run_gpu.sh", file=sys.stderr)
         return 2
     payload = run(args)
     slug = re.sub(r"[^A-Za-z0-9]+", "_", payload["gpu"]).strip("_").lower()
