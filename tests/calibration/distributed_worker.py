@@ -1,7 +1,7 @@
 """One rank of the distributed calibration tests (tests/calibration/test_distributed.py runs it under torchrun).
 
     torchrun --standalone --nproc-per-node N tests/calibration/distributed_worker.py OUT [--steps S] [--kill-at K]
-        [--only scales|qat] [--float64] [--threads T] [--guided W]
+        [--only scales|qat] [--float64] [--threads T] [--guided W] [--micro-batch B]
 
 Every rank loads the shipped full-precision Mini FLUX, records teacher trajectories into ``OUT/traj``,
 runs GPTQ layer-wise calibration and then 20 distillation steps twice (scales only: DDP; QAT: FSDP2),
@@ -12,7 +12,8 @@ exported codes), and every rank ``shard_<rank>.json`` (how much of the QAT state
 ``--float64``: the distillation runs on a float64 copy of the student and float64 inputs (the same algorithm
 with float rounding out of the way). ``--threads T``: intra-op threads a rank (another float rounding).
 ``--guided W``: the guided-velocity term at weight W (batches of 3 (conditional, unconditional) pairs, which 2
-ranks split 2 + 1, whole pairs on a rank), at the pipeline's own true_cfg_scale.
+ranks split 2 + 1, whole pairs on a rank), at the pipeline's own true_cfg_scale. ``--micro-batch B``: the distillation's
+``DistillConfig.micro_batch`` (gradient accumulation; 3 on one rank: the pieces 2 ranks compute, 3 + 2).
 """
 
 import argparse
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--float64", action="store_true", help="distil a float64 student (latents, scales, inputs)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads a rank (changes float rounding)")
     parser.add_argument("--guided", type=float, default=0.0, help="guided-velocity loss weight (batches of 3 pairs)")
+    parser.add_argument("--micro-batch", type=int, default=0, help="DistillConfig.micro_batch (0: off)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ranks = ranks_from_env("cpu")
@@ -94,7 +96,7 @@ def main() -> int:
             data.batch = dying
         guided = dict(batch_size=6, guided_loss_weight=args.guided, guidance_scale=sampler_guidance_scale(pipe)) \
             if args.guided else dict(batch_size=5)
-        cfg = DistillConfig(steps=args.steps, warmup=2, checkpoint_every=10, **guided)  # the recipe's learning rates
+        cfg = DistillConfig(steps=args.steps, warmup=2, checkpoint_every=10, micro_batch=args.micro_batch, **guided)  # the recipe's learning rates
         made = []
         distill_module._optimizer = lambda *a, _make=make_optimizer: made.append(_make(*a)) or made[-1]
         distill(s, data, cfg, checkpoint_dir=out / f"ckpt_{method}", ranks=ranks)

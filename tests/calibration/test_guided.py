@@ -11,7 +11,7 @@ from torch_ternary.calibration import DistillConfig, TrajectoryDataset, record_t
 from torch_ternary.calibration.distill import _loss, distill
 from torch_ternary.calibration.distributed import Ranks
 from torch_ternary.calibration.guided import cfg_pairs, guided_error, sampler_guidance_scale
-from torch_ternary.calibration.parallel import local_rows
+from torch_ternary.calibration.parallel import local_rows, micro_batches
 from torch_ternary.calibration.trajectories import TrajectoryError
 from torch_ternary.mini.pipeline import build_pipeline
 from torch_ternary.mini.text import MAX_TOKENS
@@ -131,6 +131,38 @@ def test_config_and_distill_refuse_what_cannot_pair(setup):
         DistillConfig(guided_loss_weight=1.0, guidance_scale=1.0)
     with pytest.raises(TernaryConfigError, match="guidance_scale"):
         distill(trainable_student(pipe), data, DistillConfig(steps=1, batch_size=4, guided_loss_weight=1.0))
+    with pytest.raises(TernaryConfigError, match="even micro_batch"):
+        DistillConfig(batch_size=4, guided_loss_weight=1.0, micro_batch=3)
+    with pytest.raises(TernaryConfigError, match="micro_batch"):
+        DistillConfig(micro_batch=-1)
+
+
+def test_micro_batches_add_up_to_the_batch_loss_and_gradient(setup):
+    """Gradient accumulation (DistillConfig.micro_batch): the micro-batches' losses (pairs kept whole, a padding
+    piece weighed 0) and the gradients their backward passes accumulate are the whole batch's."""
+    pipe, data = setup
+    kwargs, target = data.paired_batch(6, np.random.default_rng(2))
+    cfg = DistillConfig(batch_size=6, guided_loss_weight=2.0, guidance_scale=4.0, high_noise_weight=1.0, micro_batch=2)
+    keys = TrajectoryDataset.PER_RECORD
+    grads = []
+    for pieces in (None, micro_batches(6, 2, Ranks(), unit=2) + [(0, 2, False)]):
+        student = trainable_student(pipe)
+        if pieces is None:
+            total = _loss(student, None, kwargs, target, cfg, AC, Ranks(), keys)
+            total.backward()
+        else:
+            assert [p[:2] for p in pieces[:3]] == [(0, 2), (2, 4), (4, 6)]
+            total = 0.0
+            for piece in pieces:
+                part = _loss(student, None, kwargs, target, cfg, AC, Ranks(), keys, rows=piece)
+                part.backward()
+                total = total + part.detach()
+            assert float(part) == 0.0  # the padding piece
+        grads.append((float(total), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}))
+    assert grads[0][1] and grads[0][1].keys() == grads[1][1].keys()
+    assert abs(grads[0][0] - grads[1][0]) <= 1e-6 * abs(grads[0][0])
+    for name, g in grads[0][1].items():  # float32 sums in another order: relative Frobenius error
+        assert float((grads[1][1][name] - g).norm() / g.norm()) <= 1e-5, name
 
 
 def test_guided_distillation_trains(setup, tmp_path):

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                    help="prompts per teacher sampling call and per trajectory shard (default 16; lower it to fit memory)")
     c.add_argument("--steps", type=int, default=2000, help="distillation steps (default 2000)")
     c.add_argument("--batch-size", type=int, default=32, help="trajectory records per distillation step (default 32)")
+    c.add_argument("--micro-batch", type=int, default=0,
+                   help="gradient accumulation: records a forward / backward pass takes on each process (default 0: "
+                        "all of its part of the batch at once); the step still trains on --batch-size records")
     c.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of latent weights (QAT)")
     c.add_argument("--scale-lr", type=float, default=1e-3, help="peak learning rate of scales")
     c.add_argument("--no-layerwise-init", action="store_true", help="start distillation from absmean codes")
@@ -136,7 +139,8 @@ def cmd_calibrate(args) -> int:
         layerwise_init=not args.no_layerwise_init,
         gptq_init=args.gptq_init, on_policy_prompts=args.on_policy_prompts, on_policy_steps=args.on_policy_steps,
         on_policy_lr_factor=args.on_policy_lr_factor,
-        distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr,
+        distill=DistillConfig(steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr,
+                              scale_lr=args.scale_lr,
                               autocast_bf16=args.bf16, block_loss_weight=args.block_loss_weight,
                               high_noise_weight=args.high_noise_weight, guided_loss_weight=args.guided_loss_weight,
                               guidance_scale=sampler_guidance_scale(pipe, pipe_kwargs) if args.guided_loss_weight else None),

@@ -10,6 +10,7 @@ resumable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -27,7 +28,7 @@ from ..format.atomic import atomic_write
 from .block_targets import BlockOutputs, block_matching_loss
 from .distributed import DistributedCalibrationError, Ranks, all_reduce_sum, full, like
 from .guided import guided_error
-from .parallel import local_rows, wrap
+from .parallel import batch_rows, local_rows, micro_batches, wrap
 from .encoder_data import EncoderDistillData
 from .trajectories import TrajectoryDataset
 
@@ -57,6 +58,13 @@ class DistillConfig:
             0: off. Needs trajectories recorded with true CFG and an even ``batch_size``.
         guidance_scale: ``g`` of that term, the sampler's ``true_cfg_scale`` (> 1); :func:`~.calibrate.calibrate`
             fills it from the pipeline when it is ``None``.
+        micro_batch: gradient accumulation: each process runs its records of a step in forward / backward passes of
+            at most this many records (activation memory of one micro-batch), summing their gradients before the
+            one optimizer step; the step is still that of the global ``batch_size``. 0: all at once. It also fixes
+            how the batch's gradient is summed: one process with ``micro_batch = batch_size / N`` (N dividing it;
+            or ``ceil`` of it when only the last part is smaller) adds up exactly the pieces N ranks compute, so
+            float32 rounding no longer depends on the number of processes (:func:`~.parallel.micro_batches`).
+            With ``guided_loss_weight``: even (whole pairs).
     """
 
     steps: int = 1000
@@ -74,8 +82,13 @@ class DistillConfig:
     high_noise_weight: float = 0.0
     guided_loss_weight: float = 0.0
     guidance_scale: float | None = None
+    micro_batch: int = 0
 
     def __post_init__(self):
+        if not (isinstance(self.micro_batch, int) and self.micro_batch >= 0):
+            raise TernaryConfigError(f"micro_batch must be an int >= 0 (0: the whole batch at once), got {self.micro_batch!r}")
+        if self.guided_loss_weight and self.micro_batch % 2:
+            raise TernaryConfigError(f"guided_loss_weight needs an even micro_batch (whole pairs), got {self.micro_batch}")
         if not (self.block_loss_weight >= 0 and self.high_noise_weight >= 0 and self.guided_loss_weight >= 0):
             raise TernaryConfigError(f"block_loss_weight, high_noise_weight and guided_loss_weight must be >= 0, got "
                                      f"{self.block_loss_weight}, {self.high_noise_weight}, {self.guided_loss_weight}")
@@ -146,14 +159,19 @@ def _load_optimizer(student: nn.Module, opt: torch.optim.Optimizer, tensors: dic
 
 
 def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: torch.Tensor, cfg: DistillConfig,
-          autocast: dict, ranks: Ranks | None = None, per_record_keys: tuple[str, ...] = ()) -> torch.Tensor:
+          autocast: dict, ranks: Ranks | None = None, per_record_keys: tuple[str, ...] = (),
+          rows: tuple[int, int, bool] | None = None) -> torch.Tensor:
     """The scalar distillation loss of one global batch (plain velocity MSE unless the config asks for more).
 
     With several ranks, this rank's part of the batch only, scaled so that the gradient DDP / FSDP2
     average over ranks is the gradient of the global batch's loss: ``world * sum_local(w l) / sum_global(w)``.
+    ``rows``: one micro-batch ``(start, stop, live)`` of :func:`~.parallel.micro_batches` instead (its records of the
+    global batch, the same weighting; weight 0 when not ``live``): the losses of a rank's micro-batches add up to
+    its part's.
     """
     ranks = ranks or Ranks()
-    if not ranks.distributed and not cfg.block_loss_weight and not cfg.high_noise_weight and not cfg.guided_loss_weight:
+    if rows is None and not ranks.distributed and not cfg.block_loss_weight and not cfg.high_noise_weight \
+            and not cfg.guided_loss_weight:
         with torch.autocast(**autocast):
             pred = model(**kwargs)[0]
         return torch.nn.functional.mse_loss(pred.float(), target.float())
@@ -163,9 +181,14 @@ def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: tor
     w_all = (1.0 + cfg.high_noise_weight * kwargs["timestep"].detach().float().reshape(-1)) if cfg.high_noise_weight \
         else torch.ones(n, device=target.device)
     unit = 2 if cfg.guided_loss_weight else 1  # a rank's part holds whole (conditional, unconditional) pairs
-    start, stop = ranks.part(n // unit) if ranks.distributed else (0, n // unit)
-    start, stop = start * unit, stop * unit
-    kwargs, target = local_rows(kwargs, target, per_record_keys, ranks, unit=unit)
+    live = True
+    if rows is not None:
+        start, stop, live = rows
+        kwargs, target = batch_rows(kwargs, target, per_record_keys, start, stop)
+    else:
+        start, stop = ranks.part(n // unit) if ranks.distributed else (0, n // unit)
+        start, stop = start * unit, stop * unit
+        kwargs, target = local_rows(kwargs, target, per_record_keys, ranks, unit=unit)
     block = None
     if cfg.block_loss_weight:
         inner = getattr(model, "module", model)  # DDP wraps; the hooks go on the blocks themselves
@@ -182,7 +205,17 @@ def _loss(model: nn.Module, teacher: nn.Module | None, kwargs: dict, target: tor
         per_record = per_record + cfg.guided_loss_weight * guided_error(pred, target, cfg.guidance_scale).repeat_interleave(2)
     if block is not None:
         per_record = per_record + cfg.block_loss_weight * block
-    return ranks.world * (w_all[start:stop] * per_record).sum() / w_all.sum()
+    w = w_all[start:stop] if live else torch.zeros_like(w_all[start:stop])  # padding: no gradient at all
+    return ranks.world * (w * per_record).sum() / w_all.sum()
+
+
+def _no_sync(model: nn.Module, last: bool):
+    """DDP: no all-reduce in the backward of a micro-batch but the step's last (its gradients accumulate locally,
+    the last backward reduces the sum). FSDP2 reduce-scatters every micro-batch into the sharded gradients (each
+    rank keeps 1/N of them) and one process has nothing to sync: a no-op."""
+    if not last and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", cfg: DistillConfig, checkpoint_dir: str | Path | None = None,
@@ -242,10 +275,19 @@ def distill(student: nn.Module, data: "TrajectoryDataset | EncoderDistillData", 
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         kwargs, target = data.paired_batch(cfg.batch_size, rng) if cfg.guided_loss_weight else data.batch(cfg.batch_size, rng)
-        loss = _loss(model, teacher, kwargs, target, cfg,
-                     dict(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16), ranks, per_record_keys)
+        autocast = dict(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.micro_batch:  # gradient accumulation: the step's gradient summed over micro-batches
+            pieces = micro_batches(target.shape[0], cfg.micro_batch, ranks, unit=2 if cfg.guided_loss_weight else 1)
+            loss = 0.0
+            for i, piece in enumerate(pieces):
+                with _no_sync(model, last=i == len(pieces) - 1):
+                    part = _loss(model, teacher, kwargs, target, cfg, autocast, ranks, per_record_keys, rows=piece)
+                    part.backward()
+                loss = loss + part.detach().float()  # this rank's part of the batch's loss (on the model's device)
+        else:
+            loss = _loss(model, teacher, kwargs, target, cfg, autocast, ranks, per_record_keys)
+            loss.backward()
         opt.step()
         with torch.no_grad():  # scales stay positive
             for n, p in student.named_parameters():

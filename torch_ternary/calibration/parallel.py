@@ -5,7 +5,8 @@
   model, replicate it), or the student sharded in place by FSDP2 ``fully_shard`` (:func:`fsdp_units`: the
   blocks of a Flux transformer in units of at least :data:`FSDP_MIN_UNIT_PARAMS` parameters, then the root),
   so that each rank holds ~1/N of the float32 latent weights, their gradients and AdamW's moments.
-- :func:`local_rows` cuts a rank's contiguous part out of the global batch every rank drew.
+- :func:`local_rows` cuts a rank's contiguous part out of the global batch every rank drew; :func:`micro_batches`
+  splits that part for gradient accumulation (``DistillConfig.micro_batch``).
 - :func:`trainable_state` gathers the full value of every trainable parameter (collective under
   FSDP2), e.g. for checkpoints and for export.
 """
@@ -91,9 +92,34 @@ def local_rows(kwargs: dict, target: torch.Tensor, per_record: tuple[str, ...], 
                                           f"{ranks.world} ranks; use batch_size >= {ranks.world * unit} (and shards with "
                                           f"at least that many records)")
     start, stop = ranks.part(b // unit)
-    start, stop = start * unit, stop * unit
-    local = {k: (v[start:stop] if k in per_record and isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    return local, target[start:stop]
+    return batch_rows(kwargs, target, per_record, start * unit, stop * unit)
+
+
+def batch_rows(kwargs: dict, target: torch.Tensor, per_record: tuple[str, ...], start: int,
+               stop: int) -> tuple[dict, torch.Tensor]:
+    """Records ``start .. stop - 1`` of a batch: the ``per_record`` keys of ``kwargs`` and ``target`` ``[B, ...]``
+    sliced on their first dimension, the other ``kwargs`` shared."""
+    rows = {k: (v[start:stop] if k in per_record and isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    return rows, target[start:stop]
+
+
+def micro_batches(n: int, micro: int, ranks: Ranks, unit: int = 1) -> list[tuple[int, int, bool]]:
+    """This rank's part of a global batch of ``n`` records (:meth:`Ranks.part` of its ``n // unit`` units) in
+    micro-batches of at most ``micro`` records (0: the whole part at once), as ``(start, stop, live)`` rows of the
+    global batch. Every rank gets the same number of micro-batches (a forward and backward each: FSDP2's
+    collectives must pair up across ranks); a rank whose part runs out first gets padding ones, ``live`` False:
+    the first unit of its part again, which the loss weighs 0. With one rank and ``micro = ceil(n / N)``, where N
+    divides ``n`` or only the last of N parts is smaller (5 records on 2 ranks: 3 + 2), the micro-batches are exactly
+    the parts N ranks compute, so the gradient is summed over the same pieces."""
+    units = n // unit
+    start, stop = ranks.part(units) if ranks.distributed else (0, units)
+    per = max(1, micro // unit) if micro else max(1, -(-units // ranks.world))
+    count = -(-(-(-units // ranks.world)) // per)  # micro-batches of the largest part
+    out = []
+    for i in range(count):
+        lo, hi = start + i * per, min(stop, start + (i + 1) * per)
+        out.append((lo * unit, hi * unit, True) if lo < hi else (start * unit, (start + 1) * unit, False))
+    return out
 
 
 def trainable_state(student: nn.Module) -> dict[str, torch.Tensor]:
