@@ -7,6 +7,7 @@ importing them and is reported as skipped, with the reason (``pytest -rs`` lists
 
 import functools
 import importlib
+import os
 
 import pytest
 import torch
@@ -35,11 +36,17 @@ def missing_extras(compatible: bool = True) -> str | None:
 
 
 def require_extras(compatible: bool = True) -> None:
-    """Skip the calling test module (at import, reported with the reason) if :func:`missing_extras` says so."""
+    """Skip the calling test module (at import, reported with the reason) if :func:`missing_extras` says so.
+
+    With ``TORCH_TERNARY_REQUIRE_EXTRAS=1`` (min_diffusers.py sets it) an extra that cannot be imported is an
+    error instead: a run meant to test a diffusers release must not pass by skipping it."""
     __tracebackhide__ = True  # the skip is reported at the calling module's line, not here
     reason = missing_extras(compatible)
-    if reason is not None:
-        pytest.skip(reason, allow_module_level=True)
+    if reason is None:
+        return
+    if os.environ.get("TORCH_TERNARY_REQUIRE_EXTRAS") == "1" and missing_extras(False) is not None:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
 
 
 PIPE_KW = {"prompt": "a red cube on a table", "height": 16, "width": 16, "max_sequence_length": 32, "output_type": "pt"}

@@ -8,10 +8,14 @@
     python tests/integrations/min_diffusers.py -- -x -k pipeline  # arguments after -- go to pytest
 
 The release is installed with ``pip install --no-deps --target`` into a scratch folder (never into the
-environment), together with those of its requirements that the environment does not satisfy (diffusers
-0.39 wants ``huggingface_hub<2`` and ``httpx``, for example), and the tests of this folder run with that
-folder first on ``PYTHONPATH``. The folder is kept (``--target``, default in the temp dir) and reused
-when it already holds that release. Exit status: pytest's (or pip's).
+environment), together with every package whose version pip's resolver picks differently beside it: pip
+resolves (``--dry-run --report``) the release with the rest of the ``diffusers`` extra of pyproject.toml and
+the environment's own torch, and the packages of that resolution that the environment lacks or has in
+another version go to the folder (diffusers 0.39 wants ``huggingface_hub<2`` and ``httpx``, and the
+environment's transformers then has to be one that runs with that hub, for example). The tests of this
+folder run with that folder first on ``PYTHONPATH`` and ``TORCH_TERNARY_REQUIRE_EXTRAS=1``: an extra that
+cannot be imported fails the run instead of skipping its modules. The folder is kept (``--target``, default
+in the temp dir) and reused when it already holds that release. Exit status: pytest's (or pip's).
 """
 
 from __future__ import annotations
@@ -62,13 +66,45 @@ def _unsatisfied(target: Path) -> list[str]:
     return sorted(set(missing))
 
 
+def _extra_requirements(version: str) -> list[str]:
+    """The ``diffusers`` extra of pyproject.toml with ``diffusers==version`` in place of its diffusers entry."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["diffusers"]
+    return [f"diffusers=={version}"] + [r for r in extra if Requirement(r).name != "diffusers"]
+
+
+def _resolved(version: str) -> list[str]:
+    """``name==version`` of every package pip resolves for the extra around ``diffusers==version`` (and the
+    environment's torch) that the environment lacks or holds in another version."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+                        "--report", str(report), *_extra_requirements(version), f"torch=={torch.__version__}"],
+                       check=True)
+        picked = [(i["metadata"]["name"], i["metadata"]["version"]) for i in json.loads(report.read_text())["install"]]
+    out = []
+    for name, ver in picked:
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            have = None
+        if have != ver:
+            out.append(f"{name}=={ver}")
+    return out
+
+
 def install(version: str, target: Path) -> Path:
-    """``diffusers==version`` and the requirements it lacks, into ``target`` (reused if it holds them)."""
+    """``diffusers==version`` and what it needs beside the environment, into ``target`` (reused if it holds them)."""
     stamp = target / ".installed.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("diffusers") == version:
         return target
     shutil.rmtree(target, ignore_errors=True)
-    pending = [f"diffusers=={version}"]
+    pending = _resolved(version)
     while pending:  # a requirement's own requirements may be unsatisfied too
         print("installing into", target, ":", " ".join(pending), flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade",
@@ -92,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         install(version, target)
     except subprocess.CalledProcessError as e:
         return e.returncode
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_TERNARY_REQUIRE_EXTRAS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)}
     check = subprocess.run([sys.executable, "-c", "import diffusers; print(diffusers.__version__, diffusers.__file__)"],
                            env=env, capture_output=True, text=True, check=False)
