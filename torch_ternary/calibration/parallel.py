@@ -112,9 +112,10 @@ def micro_batches(n: int, micro: int, ranks: Ranks, unit: int = 1) -> list[tuple
     divides ``n`` or only the last of N parts is smaller (5 records on 2 ranks: 3 + 2), the micro-batches are exactly
     the parts N ranks compute, so the gradient is summed over the same pieces."""
     units = n // unit
-    start, stop = ranks.part(units) if ranks.distributed else (0, units)
-    per = max(1, micro // unit) if micro else max(1, -(-units // ranks.world))
-    count = -(-(-(-units // ranks.world)) // per)  # micro-batches of the largest part
+    start, stop = ranks.part(units)
+    largest = -(-units // ranks.world)  # units of the largest part (the first rank's)
+    per = max(1, micro // unit if micro else largest)
+    count = -(-largest // per)
     out = []
     for i in range(count):
         lo, hi = start + i * per, min(stop, start + (i + 1) * per)
